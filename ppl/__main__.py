@@ -1,0 +1,3 @@
+from ppl.cli import main
+
+raise SystemExit(main())
