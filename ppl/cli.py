@@ -12,6 +12,7 @@ import importlib.util
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")  # its refactor notice
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
