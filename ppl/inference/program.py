@@ -6,6 +6,7 @@ engine composes, and converts between batched values and named per-particle arra
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -135,13 +136,16 @@ class Program:
     # ----------------------------------------------------------------------------- running
     def defaults(self):
         """Context for running the model: default device / dtype, and Pyro's validation setting."""
-        return _both(defaults(self.device, self.dtype), pyro.validation_enabled(self.validate))
+        stack = contextlib.ExitStack()
+        stack.enter_context(defaults(self.device, self.dtype))
+        stack.enter_context(pyro.validation_enabled(self.validate))
+        return stack
 
     def trace_unbatched(self, *handlers: Messenger) -> Trace:
         """One plain run of the model (no particle dimension) under ``handlers``."""
         tracer = poutine.trace(self.model)
         with self.defaults():
-            with _stack(handlers):
+            with _entered(handlers):
                 try:
                     return tracer.get_trace(*self.args, **self.kwargs)
                 except PPLError:
@@ -169,7 +173,7 @@ class Program:
         tracer = poutine.trace(self.model)
         batcher = BatchMessenger(n, self.max_plate_nesting, self.device)
         with self.defaults():
-            with _stack(handlers), density, batcher:
+            with _entered(handlers), density, batcher:
                 try:
                     trace = tracer.get_trace(*self.args, **self.kwargs)
                 except PPLError:
@@ -290,38 +294,12 @@ def _lift(value: torch.Tensor, n: int, info: SiteInfo) -> torch.Tensor:
     return value.expand(target)
 
 
-class _both:
-    """Enter two context managers as one."""
-
-    def __init__(self, first, second) -> None:
-        self.first, self.second = first, second
-
-    def __enter__(self):
-        self.first.__enter__()
-        self.second.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.second.__exit__(*exc)
-        self.first.__exit__(*exc)
-        return False
-
-
-class _stack:
+def _entered(handlers: Sequence[Messenger]) -> contextlib.ExitStack:
     """Enter several messengers as one context, the first one outermost."""
-
-    def __init__(self, handlers: Sequence[Messenger]) -> None:
-        self.handlers = list(handlers)
-
-    def __enter__(self):
-        for h in self.handlers:
-            h.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for h in reversed(self.handlers):
-            h.__exit__(*exc)
-        return False
+    stack = contextlib.ExitStack()
+    for handler in handlers:
+        stack.enter_context(handler)
+    return stack
 
 
 def _last_site(tracer) -> Optional[str]:
