@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from ppl.errors import PPLError
+
 
 class CLIError(Exception):
     """A user error the CLI reports in one line (exit status 2)."""
@@ -183,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CLIError as e:
+    except (CLIError, PPLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ Each is a Pyro ``Messenger`` with one effect, composing with Pyro's own ``trace`
 ``condition``, ``substitute``, ``block``, ``scale``, ``mask`` and ``plate``.
 """
 from ppl.handlers._sites import PARTICLE_PLATE
+from ppl.handlers.barrier import BarrierMessenger, barrier
 from ppl.handlers.batch import BatchMessenger, batch
 from ppl.handlers.log_density import ROLES, LogDensityMessenger, log_density
 from ppl.handlers.propose import GuideMismatchError, ProposeMessenger, propose
@@ -14,6 +15,7 @@ from ppl.handlers.unconstrain import DiscreteLatentError, UnconstrainMessenger, 
 __all__ = [
     "PARTICLE_PLATE", "ROLES",
     "BatchMessenger", "batch",
+    "BarrierMessenger", "barrier",
     "LogDensityMessenger", "log_density",
     "TemperMessenger", "temper",
     "UnconstrainMessenger", "unconstrain", "DiscreteLatentError",

@@ -5,6 +5,9 @@ from ppl.inference.registry import get_engine, list_engines, register_engine
 from ppl.inference.result import Result
 from ppl.inference.target import Density, UnconstrainedTarget
 
+# engine families register themselves on import
+from ppl.inference import gfn, smc  # noqa: E402,F401
+
 __all__ = [
     "importance",
     "Program", "ModelError", "Result", "UnconstrainedTarget", "Density",

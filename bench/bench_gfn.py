@@ -1,0 +1,145 @@
+"""Benchmark: GFlowNet training on HyperGrid (TB, batch 256, MLP 256x2, uniform P_B), ours vs torchgfn.
+
+Measures training iterations per second and the wall time until the policy's exact terminal
+distribution (dynamic programming, no sampling noise) is within L1 0.05 of the normalised reward.
+torch runs on one thread (its default threads collapse when another process holds a core).
+torchgfn is optional: if ``import gfn`` fails (or TORCHGFN_PATH does not hold it) it is skipped
+and the JSON says so. Writes bench/results/gfn.json.
+
+    python bench/bench_gfn.py [--max-iters 1000] [--max-seconds 240]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ppl.inference.gfn import TrainConfig, Trainer, l1_to_target, terminal_distribution
+from ppl.inference.gfn.env import masked_log_softmax
+from ppl.models.gfn_envs import HyperGrid
+
+BATCH, HIDDEN, TARGET_L1 = 256, 256, 0.05
+
+
+def bench_ours(ndim, height, max_iters, max_seconds, eval_every, seed=0):
+    env = HyperGrid(ndim, height, R0=0.1)
+    tr = Trainer(env, config=TrainConfig(loss="tb", batch_size=BATCH, lr=1e-3, lr_log_z=0.1), seed=seed, hidden=HIDDEN)
+    tr.train(5)  # warm-up
+    t0 = time.perf_counter(); n = 30
+    tr.train(n)
+    its = n / (time.perf_counter() - t0)
+    tr = Trainer(env, config=TrainConfig(loss="tb", batch_size=BATCH, lr=1e-3, lr_log_z=0.1), seed=seed, hidden=HIDDEN)
+    return {"iters_per_s": its, **_time_to_l1(env, tr.step, lambda: l1_to_target(env, tr.policy), max_iters,
+                                              max_seconds, eval_every), "log_z": tr.policy.log_z.item(),
+            "true_log_z": env.true_log_z()}
+
+
+def _time_to_l1(env, step, l1_fn, max_iters, max_seconds, eval_every):
+    train_time, it, l1 = 0.0, 0, float("nan")
+    while it < max_iters and train_time < max_seconds:
+        t0 = time.perf_counter()
+        for _ in range(eval_every):
+            step()
+        train_time += time.perf_counter() - t0
+        it += eval_every
+        l1 = l1_fn()
+        if l1 < TARGET_L1:
+            return {"time_to_l1_s": train_time, "iters_to_l1": it, "final_l1": l1}
+    return {"time_to_l1_s": None, "iters_to_l1": None, "final_l1": l1, "iters_run": it, "train_time_s": train_time}
+
+
+def bench_torchgfn(ndim, height, max_iters, max_seconds, eval_every, seed=0):
+    from gfn.estimators import DiscretePolicyEstimator
+    from gfn.gflownet import TBGFlowNet
+    from gfn.gym import HyperGrid as TGHyperGrid
+    from gfn.preprocessors import KHotPreprocessor
+    from gfn.utils.modules import MLP, UniformModule
+
+    torch.manual_seed(seed)
+    tenv = TGHyperGrid(ndim=ndim, height=height, reward_fn_kwargs={"R0": 0.1, "R1": 0.5, "R2": 2.0})
+    pre = KHotPreprocessor(height=height, ndim=ndim)
+    pf_mod = MLP(input_dim=pre.output_dim, output_dim=tenv.n_actions, hidden_dim=HIDDEN, n_hidden_layers=2)
+    pb_mod = UniformModule(output_dim=tenv.n_actions - 1)
+    pf = DiscretePolicyEstimator(pf_mod, tenv.n_actions, preprocessor=pre, is_backward=False)
+    pb = DiscretePolicyEstimator(pb_mod, tenv.n_actions, preprocessor=pre, is_backward=True)
+    net = TBGFlowNet(pf=pf, pb=pb, logZ=0.0)
+    opt = torch.optim.Adam(net.pf_pb_parameters(), lr=1e-3)
+    opt.add_param_group({"params": net.logz_parameters(), "lr": 1e-1})
+
+    def step():
+        trajs = net.sample_trajectories(tenv, n=BATCH, save_logprobs=True)
+        opt.zero_grad()
+        loss = net.loss(tenv, trajs, recalculate_all_logprobs=False)
+        loss.backward()
+        opt.step()
+
+    env = HyperGrid(ndim, height, R0=0.1)
+
+    class Adapter:  # torchgfn's P_F module on our exact DP (same k-hot encoding, same action order)
+        def log_pf(self, x, mask):
+            return masked_log_softmax(pf_mod(x), mask)
+
+    for _ in range(5):
+        step()
+    t0 = time.perf_counter(); n = 10
+    for _ in range(n):
+        step()
+    its = n / (time.perf_counter() - t0)
+    # fresh model for the time-to-L1 run
+    for m in pf_mod.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    with torch.no_grad():
+        for p in net.logz_parameters():
+            p.zero_()
+    opt = torch.optim.Adam(net.pf_pb_parameters(), lr=1e-3)
+    opt.add_param_group({"params": net.logz_parameters(), "lr": 1e-1})
+    out = _time_to_l1(env, step, lambda: float((terminal_distribution(env, Adapter()) - env.true_distribution()).abs().sum()),
+                      max_iters, max_seconds, eval_every)
+    return {"iters_per_s": its, **out}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-iters", type=int, default=1000)
+    ap.add_argument("--max-seconds", type=float, default=240.0)
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gfn.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    extra = os.environ.get("TORCHGFN_PATH")
+    if extra:
+        sys.path.insert(0, extra)
+    try:
+        import gfn.estimators, gfn.gflownet, gfn.gym, gfn.preprocessors, gfn.utils.modules  # noqa: F401
+        have_tg, why = True, None
+    except Exception as e:  # pragma: no cover - depends on the machine
+        have_tg, why = False, f"torchgfn not importable: {e}"
+    results = {"batch": BATCH, "hidden": HIDDEN, "loss": "tb", "pb": "uniform", "threads": 1,
+               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+               "load_avg_start": os.getloadavg()[0], "tasks": {}}
+    for ndim, height in ((2, 8), (4, 8)):
+        key = f"hypergrid_{ndim}d_h{height}"
+        row = {"ours": bench_ours(ndim, height, args.max_iters, args.max_seconds, args.eval_every)}
+        print(key, "ours", row["ours"], flush=True)
+        if have_tg:
+            row["torchgfn"] = bench_torchgfn(ndim, height, args.max_iters, args.max_seconds, args.eval_every)
+            row["speedup_iters_per_s"] = row["ours"]["iters_per_s"] / row["torchgfn"]["iters_per_s"]
+            print(key, "torchgfn", row["torchgfn"], flush=True)
+        else:
+            row["torchgfn"] = {"skipped": why}
+        results["tasks"][key] = row
+    results["load_avg_end"] = os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

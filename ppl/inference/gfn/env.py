@@ -1,0 +1,292 @@
+"""The environment API for GFlowNets over objects built in many orders, and batched trajectories.
+
+An :class:`Env` holds batched states as tensors ``(n, *state_shape)``. Forward actions are indices
+``0..n_actions-1`` of which the last, ``env.stop``, ends the trajectory at the current state (the
+terminal object); backward actions ``0..n_bactions-1`` undo a forward action. Masks say which
+actions are valid. A :class:`Trajectories` record keeps padded batches of them, left-aligned from
+the initial state, so losses need no Python loop over trajectories.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+class BackwardPolicyError(ValueError):
+    """A backward policy gives zero probability to a transition that a trajectory used."""
+
+
+class Env:
+    """Base class: subclasses define states, actions, masks and the terminal log reward.
+
+    Required: ``state_shape``, ``n_actions`` (stop included, last), ``n_bactions``,
+    ``max_steps`` (most forward actions in a trajectory, stop included), ``initial``,
+    ``forward_mask``, ``backward_mask``, ``step``, ``backward_step``, ``backward_action``,
+    ``log_reward``, ``encode``. Enumerable environments add ``all_states`` and ``state_index``
+    (for the exact terminal distribution) and ``terminal_states``.
+    """
+
+    state_shape: tuple = ()
+    n_actions: int = 1
+    n_bactions: int = 1
+    max_steps: int = 1
+    encoding_dim: int = 1
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.long
+
+    @property
+    def stop(self) -> int:
+        return self.n_actions - 1
+
+    # -- to be defined by subclasses -------------------------------------------------------
+    def initial(self, n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_mask(self, states: torch.Tensor) -> torch.Tensor:
+        """Bool ``(n, n_actions)``: valid forward actions (stop included)."""
+        raise NotImplementedError
+
+    def backward_mask(self, states: torch.Tensor) -> torch.Tensor:
+        """Bool ``(n, n_bactions)``: valid backward actions (none at the initial state)."""
+        raise NotImplementedError
+
+    def step(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Children of ``states`` by non-stop forward ``actions`` (stop rows may return anything)."""
+        raise NotImplementedError
+
+    def backward_step(self, states: torch.Tensor, bactions: torch.Tensor) -> torch.Tensor:
+        """Parents of ``states`` by backward ``bactions``."""
+        raise NotImplementedError
+
+    def backward_action(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The backward action that undoes forward ``actions`` taken from ``states``."""
+        raise NotImplementedError
+
+    def forward_action(self, parents: torch.Tensor, bactions: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """The forward action from ``parents`` that backward ``bactions`` from ``states`` undoes."""
+        raise NotImplementedError
+
+    def log_reward(self, states: torch.Tensor) -> torch.Tensor:
+        """log R of terminal ``states``, shape ``(n,)``."""
+        raise NotImplementedError
+
+    def encode(self, states: torch.Tensor) -> torch.Tensor:
+        """Float ``(n, encoding_dim)`` input of the policy network."""
+        raise NotImplementedError
+
+    def is_initial(self, states: torch.Tensor) -> torch.Tensor:
+        s0 = self.initial(1)
+        return (states.reshape(states.shape[0], -1) == s0.reshape(1, -1)).all(-1)
+
+    # -- optional: enumerable environments -------------------------------------------------
+    def all_states(self) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} is not enumerable")
+
+    def state_index(self, states: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} is not enumerable")
+
+    def terminal_states(self) -> torch.Tensor:
+        """Every object the sampler can end at (default: all states where stop is valid)."""
+        s = self.all_states()
+        return s[self.forward_mask(s)[:, self.stop]]
+
+    def true_log_z(self) -> float:
+        return float(torch.logsumexp(self.log_reward(self.terminal_states()).double(), 0))
+
+    def true_distribution(self) -> torch.Tensor:
+        """Normalised reward over ``all_states()`` (zero where stop is invalid)."""
+        s = self.all_states()
+        p = torch.zeros(s.shape[0], dtype=torch.float64, device=s.device)
+        ok = self.forward_mask(s)[:, self.stop]
+        lr = self.log_reward(s[ok]).double()
+        p[ok] = torch.softmax(lr, 0)
+        return p
+
+
+@dataclass
+class Trajectories:
+    """A padded batch of complete trajectories, left-aligned from the initial state.
+
+    ``states`` ``(T+1, n, *S)``: ``states[t]`` for ``t < length``, then the terminal state
+    repeated. ``actions`` ``(T, n)``: forward actions, ``env.stop`` at ``t = length-1``, padding
+    after it (``-1``). ``length`` counts actions including the stop; the terminal object is
+    ``states[length-1]``. ``log_reward`` ``(n,)``.
+    """
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    length: torch.Tensor
+    log_reward: torch.Tensor
+    log_pf_sum: Optional[torch.Tensor] = None  # on-policy fast path: sum log P_F with its graph
+
+    @property
+    def n(self) -> int:
+        return self.actions.shape[1]
+
+    @property
+    def T(self) -> int:
+        return self.actions.shape[0]
+
+    def terminal(self) -> torch.Tensor:
+        idx = (self.length - 1).clamp(min=0)
+        return self.states[idx, torch.arange(self.n, device=idx.device)]
+
+    def valid(self) -> torch.Tensor:
+        """Bool ``(T, n)``: steps that are part of the trajectory (stop included)."""
+        t = torch.arange(self.T, device=self.length.device).unsqueeze(1)
+        return t < self.length.unsqueeze(0)
+
+    def cat(self, other: "Trajectories") -> "Trajectories":
+        """Both batches side by side (padding the shorter horizon)."""
+        a, b = _pad_to(self, max(self.T, other.T)), _pad_to(other, max(self.T, other.T))
+        return Trajectories(torch.cat([a.states, b.states], 1), torch.cat([a.actions, b.actions], 1),
+                            torch.cat([a.length, b.length]), torch.cat([a.log_reward, b.log_reward]))
+
+
+def _pad_to(tr: Trajectories, T: int) -> Trajectories:
+    if tr.T == T:
+        return tr
+    extra = T - tr.T
+    last = tr.states[-1:].expand((extra,) + tuple(tr.states.shape[1:]))
+    pad_a = torch.full((extra, tr.n), -1, dtype=tr.actions.dtype, device=tr.actions.device)
+    return Trajectories(torch.cat([tr.states, last]), torch.cat([tr.actions, pad_a]), tr.length, tr.log_reward)
+
+
+def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log-softmax over valid entries only (invalid ones get -inf)."""
+    logits = logits.masked_fill(~mask, float("-inf"))
+    return torch.log_softmax(logits, -1)
+
+
+def uniform_log_pb(env: Env, states: torch.Tensor) -> torch.Tensor:
+    """The uniform backward policy's log-probabilities ``(n, n_bactions)``."""
+    mask = env.backward_mask(states)
+    return masked_log_softmax(torch.zeros(mask.shape, device=states.device), mask)
+
+
+def sample_actions(log_probs: torch.Tensor, mask: torch.Tensor, epsilon: float = 0.0,
+                   temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Draw one action per row by Gumbel-max from tempered log-probs mixed with epsilon-uniform."""
+    logp = log_probs
+    if temperature != 1.0:
+        logp = masked_log_softmax(logp / temperature, mask)
+    if epsilon > 0.0:
+        uni = masked_log_softmax(torch.zeros_like(logp), mask)
+        logp = torch.logaddexp(logp + torch.log1p(torch.tensor(-epsilon)), uni + torch.log(torch.tensor(epsilon)))
+    u = torch.rand(logp.shape, device=logp.device, generator=generator).clamp_(1e-20, 1.0)
+    g = -torch.log(-torch.log(u))
+    return (logp.masked_fill(~mask, float("-inf")) + g).argmax(-1)
+
+
+def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: float = 1.0,
+                   generator: Optional[torch.Generator] = None, start: Optional[torch.Tensor] = None,
+                   max_steps: Optional[int] = None, with_log_pf: bool = False) -> Trajectories:
+    """Roll out ``n`` trajectories with the forward policy (plus exploration), one step at a time.
+
+    ``start`` begins the rollouts at given states instead of the initial state (local search
+    rebuilds from there); the loop runs over steps only, every trajectory advancing together, and
+    the network sees only the trajectories still running. With ``with_log_pf`` the policy's
+    log P_F of each trajectory is kept with its autograd graph in ``log_pf_sum`` (the on-policy
+    fast path of trajectory balance: no second network pass).
+    """
+    s = env.initial(n) if start is None else start
+    n = s.shape[0]
+    T = max_steps or env.max_steps
+    done = torch.zeros(n, dtype=torch.bool, device=s.device)
+    length = torch.zeros(n, dtype=torch.long, device=s.device)
+    states, actions = [s], []
+    log_pf_sum = None
+    with torch.set_grad_enabled(with_log_pf and torch.is_grad_enabled()):
+        for _ in range(T):
+            active = (~done).nonzero().squeeze(1)
+            sa = s[active]
+            mask = env.forward_mask(sa)
+            logp = policy.log_pf(env.encode(sa), mask)
+            with torch.no_grad():
+                a_act = sample_actions(logp.detach(), mask, epsilon, temperature, generator)
+            if with_log_pf:
+                lp = logp.gather(1, a_act.unsqueeze(1)).squeeze(1)
+                log_pf_sum = lp.new_zeros(n).index_add(0, active, lp) if log_pf_sum is None else log_pf_sum.index_add(0, active, lp)
+            a = torch.full((n,), -1, dtype=torch.long, device=s.device).index_copy(0, active, a_act)
+            is_stop = (a == env.stop) | done
+            nxt = sa.clone()
+            moving = a_act != env.stop
+            if bool(moving.any()):
+                nxt[moving] = env.step(sa[moving], a_act[moving])
+            s = s.index_copy(0, active, nxt)
+            length = length + (~done).long()
+            done = done | is_stop
+            states.append(s)
+            actions.append(a)
+            if bool(done.all()):
+                break
+    if not bool(done.all()):
+        raise RuntimeError(f"{type(env).__name__}: trajectories did not stop within {T} steps; "
+                           "check max_steps and the stop mask")
+    st = torch.stack(states)
+    tr = Trajectories(st, torch.stack(actions), length, env.log_reward(st[-1]))
+    tr.log_pf_sum = log_pf_sum
+    return tr
+
+
+def uniform_log_pb_sum(env: Env, tr: Trajectories) -> torch.Tensor:
+    """sum_t log P_B(s_t | s_{t+1}) under the uniform backward policy, per trajectory."""
+    T, n = tr.T, tr.n
+    child = tr.states[1:].reshape(T * n, *tr.states.shape[2:])
+    count = env.backward_mask(child).sum(-1).reshape(T, n).to(torch.get_default_dtype())
+    moving = tr.valid() & (tr.actions != env.stop)
+    return torch.where(moving, -count.clamp(min=1).log(), torch.zeros_like(count)).sum(0)
+
+
+@torch.no_grad()
+def sample_backward(env: Env, terminal: torch.Tensor, log_reward: Optional[torch.Tensor] = None,
+                    backward_policy=None, generator: Optional[torch.Generator] = None,
+                    steps: Optional[int] = None) -> Trajectories:
+    """Trajectories ending at ``terminal`` objects, drawn backwards with P_B, then left-aligned.
+
+    ``backward_policy`` is a callable ``(encoded, mask) -> log P_B`` (None: uniform). Used for
+    replayed objects and local search: any terminal object becomes a full training trajectory.
+    With ``steps`` the walk goes back at most that many steps, so the trajectories start at an
+    intermediate state (local search backtracks this way).
+    """
+    n = terminal.shape[0]
+    s = terminal
+    back_states, back_actions = [s], [torch.full((n,), env.stop, dtype=torch.long, device=s.device)]
+    at_s0 = env.is_initial(s)
+    for _ in range(env.max_steps if steps is None else steps):
+        if bool(at_s0.all()):
+            break
+        mask = env.backward_mask(s)
+        if backward_policy is None:
+            logp = uniform_log_pb(env, s)
+        else:
+            logp = backward_policy(env.encode(s), mask)
+        mask = mask | at_s0.unsqueeze(1)  # rows already at s0 take a dummy valid action
+        b = sample_actions(logp.masked_fill(at_s0.unsqueeze(1), 0.0), mask, generator=generator)
+        parent = env.backward_step(s, b)
+        fwd = env.forward_action(parent, b, s)
+        keep = at_s0.view((n,) + (1,) * (s.dim() - 1))
+        s = torch.where(keep, s, parent)
+        back_states.append(s)
+        back_actions.append(torch.where(at_s0, torch.full_like(fwd, -1), fwd))
+        at_s0 = at_s0 | env.is_initial(s)
+    # back_states[k] = k steps before the terminal; length = #actions incl. stop
+    B = torch.stack(back_states)  # (K+1, n, *S)
+    A = torch.stack(back_actions)  # (K+1, n): A[0] = stop, A[k] = forward action parent_k -> child
+    K = B.shape[0] - 1
+    steps_back = (A[1:] >= 0).sum(0)  # number of non-stop actions
+    length = steps_back + 1
+    T = int(length.max())
+    t = torch.arange(T + 1, device=s.device).unsqueeze(1)
+    src = (steps_back.unsqueeze(0) - t).clamp(min=0)  # forward position t = back position L-1-t
+    idx = src.view(src.shape + (1,) * (B.dim() - 2)).expand((T + 1, n) + tuple(B.shape[2:]))
+    states = torch.gather(B[: K + 1], 0, idx[: T + 1].clamp(max=K))
+    # action at forward step t: for t < steps_back it is A[steps_back - t]; at t = steps_back it is stop
+    ta = torch.arange(T, device=s.device).unsqueeze(1)
+    asrc = (steps_back.unsqueeze(0) - ta).clamp(min=0, max=K)
+    actions = torch.gather(A, 0, asrc)
+    actions = torch.where(ta < length.unsqueeze(0), actions, torch.full_like(actions, -1))
+    lr = env.log_reward(terminal) if log_reward is None else log_reward
+    return Trajectories(states, actions, length, lr)

@@ -1,0 +1,179 @@
+"""MCMC moves for SMC samplers: batched RWMH and MALA scaled from the particle cloud, and an adapter
+that runs any kernel of ``ppl.inference.mcmc`` (``init(z) -> state``, ``step(state) -> (state, info)``).
+
+A move leaves the tempered target pi_beta(z) = exp(base(z) + beta * incr(z)) invariant, so the
+particles' weights are unchanged. Its scale comes from the (resampled, equally weighted) cloud:
+the per-coordinate sd (diagonal) or the covariance's Cholesky factor (dense), times a factor
+adapted from the acceptance rate between SMC steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+
+TermsFn = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+"""``z (N, D) -> (base (N,), incr (N,))``: the tempered log target is base + beta * incr."""
+TermsGradFn = Callable[[torch.Tensor, float], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""``(z, beta) -> (base, incr, grad of base + beta * incr)``."""
+
+
+@dataclass
+class MoveInfo:
+    """Mean acceptance rate of the move and the scale factor it used."""
+
+    acceptance: float
+    scale: float
+
+
+def cloud_scale(z: torch.Tensor, dense: bool) -> torch.Tensor:
+    """Proposal shape from the particles: sd (D,) or a Cholesky factor (D, D) of their covariance."""
+    n, d = z.shape
+    if n < 2:
+        return torch.ones(d, dtype=z.dtype, device=z.device)
+    zc = z - z.mean(0)
+    if not dense:
+        return zc.pow(2).mean(0).sqrt().clamp(min=1e-8)
+    cov = zc.T @ zc / (n - 1) + 1e-8 * torch.eye(d, dtype=z.dtype, device=z.device)
+    return torch.linalg.cholesky(cov)
+
+
+def _noise(shape: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    xi = torch.randn_like(like)
+    return xi @ shape.T if shape.dim() == 2 else xi * shape
+
+
+class RWMHMove:
+    """Random-walk Metropolis with proposal N(z, (s c)^2 Sigma_cloud); s adapts toward ``target_accept``."""
+
+    needs_grad = False
+
+    def __init__(self, steps: int = 5, dense: bool = False, target_accept: float = 0.3) -> None:
+        if int(steps) < 1:
+            raise ValueError(f"move steps must be a positive integer, got {steps!r}")
+        self.steps, self.dense, self.target_accept = int(steps), dense, target_accept
+        self.factor: Optional[float] = None
+
+    def __call__(self, z, base, incr, beta: float, terms: TermsFn, terms_grad: Optional[TermsGradFn] = None):
+        d = z.shape[1]
+        if self.factor is None:
+            self.factor = 2.38 / math.sqrt(d)
+        shape = cloud_scale(z, self.dense) * self.factor
+        acc_total = 0.0
+        for _ in range(self.steps):
+            prop = z + _noise(shape, z)
+            pb, pi = terms(prop)
+            log_ratio = (pb + beta * pi) - (base + beta * incr)
+            accept = torch.log(torch.rand_like(log_ratio)) < torch.nan_to_num(log_ratio, nan=-math.inf)
+            z = torch.where(accept[:, None], prop, z)
+            base = torch.where(accept, pb, base)
+            incr = torch.where(accept, pi, incr)
+            acc_total += float(accept.double().mean())
+        acc = acc_total / self.steps
+        info = MoveInfo(acc, self.factor)
+        self.factor *= math.exp(acc - self.target_accept)
+        return z, base, incr, info
+
+
+class MALAMove:
+    """Preconditioned Langevin (MALA) with the cloud's sd as the metric; step adapts toward ``target_accept``."""
+
+    needs_grad = True
+
+    def __init__(self, steps: int = 5, target_accept: float = 0.57) -> None:
+        if int(steps) < 1:
+            raise ValueError(f"move steps must be a positive integer, got {steps!r}")
+        self.steps, self.target_accept = int(steps), target_accept
+        self.factor: Optional[float] = None
+
+    def __call__(self, z, base, incr, beta: float, terms: TermsFn, terms_grad: Optional[TermsGradFn] = None):
+        if terms_grad is None:
+            raise ValueError("MALA needs gradients of the target")
+        d = z.shape[1]
+        if self.factor is None:
+            self.factor = 1.65 / d ** (1 / 6)
+        sd = cloud_scale(z, dense=False)
+        h = (self.factor * sd) ** 2  # (D,) per-coordinate step
+        _, _, grad = terms_grad(z, beta)
+        acc_total = 0.0
+        for _ in range(self.steps):
+            mean = z + 0.5 * h * grad
+            prop = mean + h.sqrt() * torch.randn_like(z)
+            pb, pi, pgrad = terms_grad(prop, beta)
+            back = prop + 0.5 * h * pgrad
+            log_q_fwd = -0.5 * ((prop - mean) ** 2 / h).sum(-1)
+            log_q_bwd = -0.5 * ((z - back) ** 2 / h).sum(-1)
+            log_ratio = (pb + beta * pi) - (base + beta * incr) + log_q_bwd - log_q_fwd
+            accept = torch.log(torch.rand_like(log_ratio)) < torch.nan_to_num(log_ratio, nan=-math.inf)
+            z = torch.where(accept[:, None], prop, z)
+            grad = torch.where(accept[:, None], pgrad, grad)
+            base = torch.where(accept, pb, base)
+            incr = torch.where(accept, pi, incr)
+            acc_total += float(accept.double().mean())
+        acc = acc_total / self.steps
+        info = MoveInfo(acc, self.factor)
+        self.factor *= math.exp(acc - self.target_accept)
+        return z, base, incr, info
+
+
+class KernelMove:
+    """Any ``ppl.inference.mcmc`` kernel class (e.g. ``HMC``) as a move, built per temperature.
+
+    ``kernel_cls(logp_and_grad, **kernel_kwargs)`` must offer ``init(z, step_size, inv_mass)``
+    and ``step(state) -> (state, info)`` with ``info.accept_prob``; the inverse mass matrix is
+    the cloud's variance, the step size adapts toward ``target_accept`` between SMC steps.
+    """
+
+    needs_grad = True
+
+    def __init__(self, kernel_cls: Any, steps: int = 1, target_accept: Optional[float] = None, step_size: float = 0.5,
+                 **kernel_kwargs: Any) -> None:
+        if target_accept is None:  # the kernel's own preference (e.g. 0.234 for RWMH, 0.8 for HMC)
+            target_accept = float(getattr(kernel_cls, "target_accept", 0.65))
+        self.kernel_cls, self.steps, self.target_accept = kernel_cls, int(steps), target_accept
+        self.step_size = step_size
+        self.kernel_kwargs = kernel_kwargs
+
+    def __call__(self, z, base, incr, beta: float, terms: TermsFn, terms_grad: Optional[TermsGradFn] = None):
+        if terms_grad is None:
+            raise ValueError(f"{self.kernel_cls.__name__} needs gradients of the target")
+
+        def logp_and_grad(x):
+            b, i, g = terms_grad(x, beta)
+            return b + beta * i, g
+
+        kernel = self.kernel_cls(logp_and_grad, **self.kernel_kwargs)
+        var = cloud_scale(z, dense=False) ** 2
+        state = kernel.init(z, step_size=self.step_size, inv_mass=var)
+        acc_total = 0.0
+        for _ in range(self.steps):
+            state, info = kernel.step(state)
+            acc_total += float(info.accept_prob.double().mean())
+        acc = acc_total / self.steps
+        used = self.step_size
+        self.step_size *= math.exp(acc - self.target_accept)
+        z = state.z.detach()
+        base, incr = terms(z)
+        return z, base, incr, MoveInfo(acc, used)
+
+
+def make_move(move: Any, steps: int = 5) -> Any:
+    """A move from a name ("rwmh", "mala", "hmc"), a move object, or an mcmc kernel class."""
+    if isinstance(move, str):
+        name = move.lower()
+        if name == "rwmh":
+            return RWMHMove(steps)
+        if name == "mala":
+            return MALAMove(steps)
+        if name == "hmc":
+            from ppl.inference.mcmc.hmc import HMC
+
+            return KernelMove(HMC, steps=max(1, steps // 2), num_steps=5)
+        raise ValueError(f"unknown move {move!r}; use 'rwmh', 'mala', 'hmc', a move object or an mcmc kernel class")
+    if isinstance(move, type):
+        return KernelMove(move, steps=steps)
+    if callable(move):
+        return move
+    raise TypeError(f"move must be a name, a move object or a kernel class, got {type(move).__name__}")
