@@ -113,6 +113,7 @@ def _engine_options(spec, args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ppl.diagnostics.arviz import write_netcdf
     from ppl.diagnostics.plots import save_plots
     from ppl.diagnostics.summary import summarize
     from ppl.inference import get_engine
@@ -144,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.weighted:
         num_draws = min(result.num_draws, args.draws or 4000)
     idata = result.to_arviz(num_draws=num_draws, seed=args.seed or 0)
-    idata.to_netcdf(str(out / "idata.nc"))
+    write_netcdf(idata, out / "idata.nc")
     plots = [] if args.no_plots else save_plots(idata, out, result.diagnostics)
     report["plots"] = [p.name for p in plots]
     (out / "result.json").write_text(dumps(report))

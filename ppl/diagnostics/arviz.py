@@ -90,8 +90,25 @@ def save_result(result: "Result", path: Path) -> Path:
         else:
             idata.add_groups({_WEIGHTED: extra})
     idata.posterior.attrs["ppl_result"] = json.dumps(result.scalar_attrs())
+    _netcdf_safe(idata)
     idata.to_netcdf(str(path))
     return path
+
+
+def write_netcdf(idata, path: Path) -> Path:
+    """Write InferenceData to netCDF, with boolean attributes stored as 0 / 1."""
+    _netcdf_safe(idata)
+    idata.to_netcdf(str(path))
+    return path
+
+
+def _netcdf_safe(idata) -> None:
+    """netCDF has no booleans: store boolean attributes as 0 / 1 (the JSON copy keeps the truth)."""
+    for group in idata.groups():
+        ds = idata[group]
+        for key, value in list(ds.attrs.items()):
+            if isinstance(value, (bool, np.bool_)):
+                ds.attrs[key] = int(value)
 
 
 def _dataset_to_tensors(ds, skip=()) -> Dict[str, torch.Tensor]:
