@@ -6,7 +6,7 @@ from ppl.inference.result import Result
 from ppl.inference.target import Density, UnconstrainedTarget
 
 # engine families register themselves on import
-from ppl.inference import gfn, mcmc, smc  # noqa: E402,F401
+from ppl.inference import gfn, mcmc, smc, vi  # noqa: E402,F401
 
 __all__ = [
     "importance",
