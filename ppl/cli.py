@@ -107,9 +107,30 @@ def _engine_options(spec, args: argparse.Namespace) -> Dict[str, Any]:
     ignored = [f"--{k}" for k, v in chosen.items() if v is not None and not spec.accepts(k) and k != "seed"]
     if ignored:
         print(f"note: engine {spec.name!r} takes no {', '.join(ignored)}; ignored", file=sys.stderr)
-    if spec.accepts("progress"):
+    if spec.accepts("progress") or spec.open_options:
         opts["progress"] = not args.quiet
+    opts.update(_extra_options(spec, args.option))
     return opts
+
+
+def _extra_options(spec, pairs: Sequence[str]) -> Dict[str, Any]:
+    """``--option key=value`` pairs: values are read as JSON when they parse (numbers, lists...)."""
+    out: Dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise CLIError(f"--option expects KEY=VALUE, got {pair!r}")
+        if key == "model_kwargs" or not spec.accepts_extra(key):
+            raise CLIError(
+                f"engine {spec.name!r} has no option {key!r}; its options: "
+                + ", ".join(o for o in spec.options if o != "model_kwargs")
+            )
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -175,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["cpu", "cuda"], help="run on this device")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--out", required=True, help="output directory")
+    run.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                     help="an engine-specific option, repeatable (e.g. -o objective=iwae -o steps=500); "
+                          "values are parsed as JSON when they can be")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG diagnostic plots")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     run.set_defaults(func=cmd_run)

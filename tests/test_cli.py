@@ -82,3 +82,15 @@ def test_bad_data_file(tmp_path, capsys):
 def test_python_dash_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ppl", "models"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "lgssm" in proc.stdout
+
+
+def test_engine_specific_options(tmp_path, capsys):
+    out = tmp_path / "vi"
+    assert main(["run", "normal_normal", "--engine", "vi", "-o", "steps=400", "-o", "guide=fullrank",
+                 "--draws", "200", "--out", str(out), "--quiet", "--no-plots"]) == 0
+    report = json.loads((out / "result.json").read_text())
+    # a full-rank Gaussian guide is exact here: the ELBO reaches log Z
+    assert abs(report["elbo"] - report["ground_truth_log_evidence"]) < 0.05
+    assert main(["run", "normal_normal", "--engine", "importance", "-o", "bogus=1", "--out", str(out)]) == 2
+    assert "has no option 'bogus'" in capsys.readouterr().err
+    assert main(["run", "normal_normal", "--engine", "importance", "-o", "novalue", "--out", str(out)]) == 2

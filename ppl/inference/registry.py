@@ -17,9 +17,14 @@ class EngineSpec:
     fn: Callable[..., Any]
     description: str
     options: Tuple[str, ...]
+    open_options: bool = False  # the engine also takes **options (passed on to a kernel, say)
 
     def accepts(self, option: str) -> bool:
         return option in self.options
+
+    def accepts_extra(self, option: str) -> bool:
+        """Whether ``option`` may be passed by name (declared, or swallowed by ``**options``)."""
+        return self.accepts(option) or self.open_options
 
 
 _ENGINES: Dict[str, EngineSpec] = {}
@@ -32,7 +37,8 @@ def register_engine(name: str, description: str = "") -> Callable[[Callable], Ca
         params = inspect.signature(fn).parameters
         options = tuple(p for p in params if params[p].kind in (params[p].KEYWORD_ONLY, params[p].POSITIONAL_OR_KEYWORD) and p != "model")
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
-        _ENGINES[name] = EngineSpec(name, fn, doc, options)
+        open_options = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        _ENGINES[name] = EngineSpec(name, fn, doc, options, open_options)
         return fn
 
     return wrap
