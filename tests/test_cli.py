@@ -86,7 +86,7 @@ def test_python_dash_m_entry_point(tmp_path):
 
 def test_engine_specific_options(tmp_path, capsys):
     out = tmp_path / "vi"
-    assert main(["run", "normal_normal", "--engine", "vi", "-o", "steps=400", "-o", "guide=fullrank",
+    assert main(["run", "normal_normal", "--engine", "vi", "-o", "steps=500", "-o", "lr=0.05", "-o", "guide=fullrank",
                  "--draws", "200", "--out", str(out), "--quiet", "--no-plots"]) == 0
     report = json.loads((out / "result.json").read_text())
     # a full-rank Gaussian guide is exact here: the ELBO reaches log Z
