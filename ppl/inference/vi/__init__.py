@@ -24,3 +24,13 @@ __all__ = [
     "train", "History", "NonFiniteLossError",
     "elbo", "iwae", "eubo", "sbc_ranks", "sbc_uniformity_pvalue", "coverage",
 ]
+from ppl.inference.vi.fivo import (GuidedStateSpaceFK, LinearGaussianProposal, as_proposal_program, fivo, fivo_bound,
+                                   lgssm_fk, lgssm_sample, log_evidence_spread)
+from ppl.inference.vi.twists import (LGSSMTwistedProposalFK, QuadraticTwist, contrastive_twist_loss,
+                                     lgssm_optimal_twist, train_twists)
+
+__all__ += [
+    "LinearGaussianProposal", "GuidedStateSpaceFK", "lgssm_fk", "lgssm_sample", "fivo_bound", "fivo",
+    "as_proposal_program", "log_evidence_spread",
+    "QuadraticTwist", "LGSSMTwistedProposalFK", "lgssm_optimal_twist", "contrastive_twist_loss", "train_twists",
+]
