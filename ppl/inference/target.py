@@ -47,19 +47,29 @@ class UnconstrainedTarget:
     Every latent site must be continuous; a discrete one raises :class:`DiscreteLatentError`
     naming it. ``log_density(z)`` returns the terms as a :class:`Density`; ``constrain(z)``
     returns named samples in constrained space, deterministic sites included.
+
+    ``fixed`` (optional, also settable later as the attribute ``target.fixed``): latent sites
+    held at given batched values ``(N or 1, *batched_shape)`` in every run; they are left out of
+    ``z`` (this is how a Gibbs step conditions the continuous part on discrete values).
     """
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, fixed: Optional[Mapping[str, torch.Tensor]] = None) -> None:
         self.program = program
-        discrete = [s.name for s in program.latent_sites().values() if s.is_discrete]
+        self.fixed: Dict[str, torch.Tensor] = dict(fixed or {})
+        unknown = sorted(set(self.fixed) - set(program.latent_sites()))
+        if unknown:
+            raise KeyError(f"fixed values for unknown latent site(s) {unknown}; latent sites: {list(program.latent_sites())}")
+        discrete = [s.name for s in program.latent_sites().values() if s.is_discrete and s.name not in self.fixed]
         if discrete:
             raise DiscreteLatentError(
                 f"latent site(s) {discrete} are discrete; this engine needs continuous latents "
                 "(a discrete site with finite support can be Gibbs-sampled by enumeration)"
             )
-        trace, _ = program.run(1, ImproperInitMessenger(), UnconstrainMessenger())
+        trace, _ = self._run(1, ImproperInitMessenger(), UnconstrainMessenger(), first=True)
         blocks, start = [], 0
         for name in program.latent_sites():
+            if name in self.fixed:
+                continue
             u = trace.nodes[name]["infer"][UNCONSTRAINED]
             shape = u.shape[1:] if u.dim() > 0 and u.shape[0] == 1 else u.shape
             size = int(torch.Size(shape).numel())
@@ -69,6 +79,24 @@ class UnconstrainedTarget:
         self.dim = start
         self.device = program.device
         self.dtype = program.dtype or torch.get_default_dtype()
+
+    def _run(self, n: int, *handlers: Messenger, first: bool = False):
+        """``program.run`` with the fixed sites held at their values (innermost, so other handlers see them done)."""
+        if not self.fixed:
+            return self.program.run(n, *handlers)
+        fixed = {}
+        for name, v in self.fixed.items():
+            shape = tuple(self.program.sites[name].batched_shape)
+            if v.dim() == 0 or tuple(v.shape[1:]) != shape:
+                raise ValueError(f"fixed value for site {name!r} has shape {tuple(v.shape)}; expected the batched "
+                                 f"shape (N, *{shape}) (SiteInfo.to_batched of a named (N, *shape) value)")
+            rows = v.shape[0]
+            if first or rows == 1:
+                v = v[:1].expand((n,) + shape)
+            elif rows != n:
+                raise ValueError(f"fixed value for site {name!r} has {rows} rows but there are {n} points")
+            fixed[name] = v
+        return self.program.run(n, *handlers, _Fix(fixed))
 
     # ----------------------------------------------------------------------------- packing
     def unflatten(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -94,7 +122,7 @@ class UnconstrainedTarget:
     # ----------------------------------------------------------------------------- density
     def log_density(self, z: torch.Tensor) -> Density:
         """The posterior's terms at ``z`` (N, D); differentiable in ``z``."""
-        _, density = self.program.run(z.shape[0], UnconstrainMessenger(self.unflatten(z)))
+        _, density = self._run(z.shape[0], UnconstrainMessenger(self.unflatten(z)))
         zero = z.new_zeros(z.shape[0])
         return Density(
             prior=_as_batch(density.get("prior"), zero),
@@ -124,7 +152,7 @@ class UnconstrainedTarget:
         ``"__log_likelihood__"`` (a dict), for ArviZ's log_likelihood group.
         """
         with torch.no_grad():
-            trace, _ = self.program.run(z.shape[0], UnconstrainMessenger(self.unflatten(z)))
+            trace, _ = self._run(z.shape[0], UnconstrainMessenger(self.unflatten(z)))
             out: Dict[str, object] = dict(self.program.named_values(trace))
             if observed:
                 out["__log_likelihood__"] = self.program.pointwise_log_likelihood(trace)
@@ -138,7 +166,7 @@ class UnconstrainedTarget:
         points are valid MCMC starting points but not prior draws for such models.
         """
         with torch.no_grad():
-            trace, _ = self.program.run(n, ImproperInitMessenger(), UnconstrainMessenger())
+            trace, _ = self._run(n, ImproperInitMessenger(), UnconstrainMessenger())
             return self.flatten({b.name: trace.nodes[b.name]["infer"][UNCONSTRAINED].expand((n,) + tuple(b.shape))
                                  for b in self.blocks})
 
@@ -168,14 +196,14 @@ class UnconstrainedTarget:
                 if not bool(info.support.check(v).all()):
                     raise ValueError(f"init value for site {name!r} is outside its support {info.support}")
                 fixed[name] = info.to_batched(v)
-            trace, _ = self.program.run(n, ImproperInitMessenger(), _Fix(fixed), UnconstrainMessenger())
+            trace, _ = self._run(n, ImproperInitMessenger(), _Fix(fixed), UnconstrainMessenger())
             return self.flatten({b.name: trace.nodes[b.name]["infer"][UNCONSTRAINED].expand((n,) + tuple(b.shape))
                                  for b in self.blocks})
 
     def site_log_densities(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Each site's per-point log density at ``z``: used to name the site behind a NaN."""
         with torch.no_grad():
-            _, density = self.program.run(z.shape[0], UnconstrainMessenger(self.unflatten(z)))
+            _, density = self._run(z.shape[0], UnconstrainMessenger(self.unflatten(z)))
         return dict(density.site_terms)
 
     def explain_nonfinite(self, z: torch.Tensor, what: str = "log density") -> str:

@@ -35,11 +35,13 @@ for an ``UnconstrainedTarget`` (optionally recorded / compiled per batch shape).
 
 Driver: :func:`mcmc` (any kernel, warmup, thinning, init from prior / dict / previous Result,
 Ctrl-C keeps the draws so far) and the registered engines ``nuts``, ``hmc``, ``mala``, ``rwmh``,
-``chees`` (plus ``elliptical_slice``, not registered for the CLI).
+``chees`` (plus ``elliptical_slice``, not registered for the CLI). Discrete latents with finite
+support are Gibbs-sampled by enumeration between kernel steps (:class:`DiscreteGibbs`).
 """
 from ppl.inference.mcmc.chees import ChEES
 from ppl.inference.mcmc.driver import InitError, KERNELS, chees, elliptical_slice, hmc, mala, mcmc, nuts, rwmh
 from ppl.inference.mcmc.elliptical import EllipticalSlice
+from ppl.inference.mcmc.gibbs import DiscreteGibbs, discrete_sites
 from ppl.inference.mcmc.hmc import HMC, MALA, leapfrog
 from ppl.inference.mcmc.nuts import NUTS, is_turning
 from ppl.inference.mcmc.potential import Potential
@@ -51,5 +53,5 @@ __all__ = [
     "mcmc", "nuts", "hmc", "mala", "rwmh", "chees", "elliptical_slice", "KERNELS", "InitError",
     "NUTS", "HMC", "MALA", "RWMH", "ChEES", "EllipticalSlice", "Potential",
     "ChainState", "StepInfo", "LogDensityFn", "DualAveraging", "Welford", "stan_windows",
-    "find_reasonable_step_size", "make_state", "leapfrog", "is_turning",
+    "find_reasonable_step_size", "make_state", "leapfrog", "is_turning", "DiscreteGibbs", "discrete_sites",
 ]

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ppl.handlers.unconstrain import DiscreteLatentError
 from ppl.inference.mcmc.chees import ChEES
 from ppl.inference.mcmc.elliptical import EllipticalSlice
+from ppl.inference.mcmc.gibbs import DiscreteGibbs, discrete_sites
 from ppl.inference.mcmc.hmc import HMC, MALA
 from ppl.inference.mcmc.nuts import NUTS
 from ppl.inference.mcmc.potential import Potential
@@ -92,6 +93,17 @@ def initial_points(target: UnconstrainedTarget, potential: Potential, init: Init
                         + (" or its gradient" if bool(torch.isfinite(lp[bad]).all()) else "")
                         + "; pass init= values inside the support where the model's density is finite")
     return z, tuning
+
+
+def _split_init(init: Init, names: List[str]):
+    """Separate the discrete sites' starting values (named shape) from the continuous part of ``init``."""
+    if isinstance(init, Result):
+        return {k: torch.as_tensor(init.samples[k])[:, -1] for k in names if k in init.samples}, init
+    if isinstance(init, Mapping):
+        given = {k: v for k, v in init.items() if k in names}
+        rest = {k: v for k, v in init.items() if k not in names}
+        return given, (rest or None)
+    return {}, init
 
 
 # --------------------------------------------------------------------------------- warmup
@@ -209,6 +221,13 @@ def mcmc(
     False, "fx" or "inductor" (see :class:`Potential`); use False for programs whose control
     flow depends on latent values. ``kernel_options`` go to the kernel's constructor.
     Ctrl-C returns the draws so far with ``attrs["interrupted"] == 1``.
+
+    Discrete latent sites with finite support (Bernoulli, Categorical, Binomial, ...) are
+    Gibbs-sampled: each iteration runs ``kernel`` on the continuous latents with the discrete
+    values held fixed, then redraws every discrete element from its full conditional by
+    enumerating its support for all chains at once (:class:`DiscreteGibbs`; the recorded graph
+    takes the discrete values as inputs). Their draws appear in the result like any other site;
+    ``init`` may give their values.
     """
     for name, value, low in (("chains", chains, 1), ("warmup", warmup, 0), ("draws", draws, 1), ("thin", thin, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -216,12 +235,23 @@ def mcmc(
     start_time = time.perf_counter()
     program = Program(model, args, model_kwargs, max_plate_nesting=max_plate_nesting, device=device, dtype=dtype)
     with seeded(seed, program.device), torch.no_grad():
+        discrete = discrete_sites(program)
+        gibbs: Optional[DiscreteGibbs] = None
         try:
-            target = UnconstrainedTarget(program)
+            if discrete:
+                gibbs = DiscreteGibbs(program, discrete)  # a discrete site with infinite support raises here
+                given, init = _split_init(init, discrete)
+                target = UnconstrainedTarget(program, fixed=gibbs.initial_values(chains, given))
+                if target.dim == 0:
+                    raise ValueError(f"every latent site of the model is discrete ({discrete}); MCMC here needs at "
+                                     "least one continuous latent: enumerate the posterior exactly, or use "
+                                     "importance sampling / SMC")
+            else:
+                target = UnconstrainedTarget(program)
         except DiscreteLatentError as e:
             raise DiscreteLatentError(
                 f"{e}. The MCMC kernels here (nuts, hmc, mala, rwmh, chees, elliptical_slice) move continuous "
-                "latents only: sum a finite discrete site out of the model, or use importance sampling / SMC"
+                "latents and Gibbs-sample discrete ones with finite support (scalar events) only"
             ) from None
         potential = Potential(target, compile=compile)
         k = _make_kernel(kernel, potential, kernel_options)
@@ -235,6 +265,7 @@ def mcmc(
         adapter = Adapter(k, warmup, target_accept or _default_target_accept(k, target.dim),
                           adapt_step_size, adapt_mass, dense_mass, pool_adaptation)
         kept: List[torch.Tensor] = []
+        kept_discrete: List[Dict[str, torch.Tensor]] = []
         stats: Dict[str, List[torch.Tensor]] = {k_: [] for k_ in ("lp", "acceptance_rate", "step_size", "tree_depth",
                                                                   "n_steps", "diverging", "energy")}
         evals_spent, evals_useful, warmup_divergences = 0, 0, 0
@@ -250,6 +281,10 @@ def mcmc(
                     state = adapter.finish(state)
                     t_sample = time.perf_counter()
                 state, info = k.step(state)
+                if gibbs is not None:  # redraw the discrete sites, then re-evaluate the continuous target there
+                    gibbs.step(target, state.z, lambda pts: potential(pts)[0])
+                    lp, grad = potential(state.z)
+                    state = state._replace(lp=lp, grad=grad)
                 if i < warmup:
                     state = adapter.update(i, state, info)
                     warmup_divergences += int(info.diverging.sum())
@@ -258,6 +293,8 @@ def mcmc(
                     evals_useful += int(info.n_steps.sum())
                     if (i - warmup) % thin == thin - 1:
                         kept.append(state.z)
+                        if gibbs is not None:
+                            kept_discrete.append(dict(target.fixed))
                         for name, v in (("lp", state.lp), ("acceptance_rate", info.accept_prob),
                                         ("step_size", state.step_size), ("tree_depth", info.tree_depth),
                                         ("n_steps", info.n_steps), ("diverging", info.diverging),
@@ -275,7 +312,8 @@ def mcmc(
         finally:
             bar.close()
         t_end = time.perf_counter()
-        result = _build_result(target, program, kept, stats, state, getattr(k, "name", "mcmc"))
+        result = _build_result(target, program, kept, stats, state, getattr(k, "name", "mcmc"),
+                               kept_discrete if gibbs is not None else None)
     # flags are stored as 0/1: netCDF attributes have no boolean type
     result.attrs.update({
         "chains": chains, "warmup": warmup, "draws": result.num_draws, "thin": thin,
@@ -289,20 +327,35 @@ def mcmc(
     })
     if isinstance(k, ChEES):
         result.attrs["trajectory_length"] = k.trajectory_length
+    if gibbs is not None:
+        result.attrs["gibbs_sites"] = ",".join(gibbs.names)
     return result
 
 
 def _build_result(target: UnconstrainedTarget, program: Program, kept: List[torch.Tensor],
-                  stats: Dict[str, List[torch.Tensor]], state: ChainState, engine: str) -> Result:
-    n_kept = min([len(kept)] + [len(v) for v in stats.values()])  # an interrupt may fall between appends
+                  stats: Dict[str, List[torch.Tensor]], state: ChainState, engine: str,
+                  discrete: Optional[List[Dict[str, torch.Tensor]]] = None) -> Result:
+    """Named samples (chain, draw, *shape), sample stats and log-likelihoods from the kept points.
+
+    ``discrete``: the Gibbs-sampled discrete values kept with each draw (batched, per chain); the
+    continuous draws are mapped back with the discrete sites held at the values of the same draw.
+    """
+    lengths = [len(kept)] + [len(v) for v in stats.values()] + ([len(discrete)] if discrete is not None else [])
+    n_kept = min(lengths)  # an interrupt may fall between appends
     kept, stats = kept[:n_kept], {k: v[:n_kept] for k, v in stats.items()}
+    fixed_draws: Dict[str, torch.Tensor] = {}
+    if discrete is not None:  # (chain, draw, *batched) -> (chain * draw, *batched), as the flat points below
+        fixed_draws = {name: torch.stack([d[name] for d in discrete[:n_kept]], 1).flatten(0, 1) for name in discrete[0]}
     z = torch.stack(kept, 1)  # (chain, draw, D)
     c, n, d = z.shape
     flat = z.reshape(c * n, d)
     samples: Dict[str, List[torch.Tensor]] = {}
     loglik: Dict[str, List[torch.Tensor]] = {}
     chunk = max(1, 200_000 // max(d, 1))
+    saved_fixed = target.fixed
     for s in range(0, c * n, chunk):
+        if fixed_draws:
+            target.fixed = {name: v[s:s + chunk] for name, v in fixed_draws.items()}
         out = target.constrain(flat[s:s + chunk], observed=True)
         for name, v in out.items():
             if name == "__log_likelihood__":
@@ -310,6 +363,7 @@ def _build_result(target: UnconstrainedTarget, program: Program, kept: List[torc
                     loglik.setdefault(o, []).append(ll)
             else:
                 samples.setdefault(name, []).append(v)
+    target.fixed = saved_fixed
 
     def shape(v: torch.Tensor) -> torch.Tensor:
         return v.reshape((c, n) + tuple(v.shape[1:]))

@@ -64,18 +64,30 @@ class Potential:
         return view
 
     # ------------------------------------------------------------------------- plain path
-    def _eager(self, z: torch.Tensor, beta: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            d = self.target.log_density(z)
-            lp = d.prior + d.jacobian + beta * d.likelihood
-            (grad,) = torch.autograd.grad(lp.sum(), z)
+    def _eager(self, z: torch.Tensor, beta: torch.Tensor, *fixed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        saved = getattr(self.target, "fixed", None)
+        if fixed:  # the target's fixed (e.g. Gibbs-sampled discrete) values are inputs of the recorded graph
+            self.target.fixed = dict(zip(sorted(saved), fixed))
+        try:
+            with torch.enable_grad():
+                z = z.detach().requires_grad_(True)
+                d = self.target.log_density(z)
+                lp = d.prior + d.jacobian + beta * d.likelihood
+                (grad,) = torch.autograd.grad(lp.sum(), z)
+        finally:
+            if fixed:
+                self.target.fixed = saved
         return _sanitize(lp.detach(), grad)
 
-    def _eager_leapfrog(self, z, p, grad, eps, inv_mass, beta):
+    def _fixed(self, z: torch.Tensor) -> tuple:
+        """The target's fixed values (sorted by site name), passed to the graph as extra inputs."""
+        fixed = getattr(self.target, "fixed", None) or {}
+        return tuple(fixed[k].expand((z.shape[0],) + tuple(fixed[k].shape[1:])) for k in sorted(fixed))
+
+    def _eager_leapfrog(self, z, p, grad, eps, inv_mass, beta, *fixed):
         p = p + 0.5 * eps * grad
         z = z + eps * velocity(p, inv_mass)
-        lp, grad = self._eager(z, beta)
+        lp, grad = self._eager(z, beta, *fixed)
         p = p + 0.5 * eps * grad
         return z, p, lp, grad
 
@@ -85,7 +97,7 @@ class Potential:
 
     def __call__(self, z: torch.Tensor, beta: Optional[Beta] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         self.calls += 1
-        args = (z.detach(), self._beta(z, beta))
+        args = (z.detach(), self._beta(z, beta)) + self._fixed(z)
         with pyro.validation_enabled(False):
             fn = self._graph("lpg", self._eager, args) if self.mode else None
             return (fn or self._eager)(*args)
@@ -93,7 +105,7 @@ class Potential:
     def leapfrog(self, z, p, grad, eps, inv_mass, beta: Optional[Beta] = None):
         """One velocity-Verlet step ``(z, p, grad) -> (z, p, lp, grad)``; ``eps`` is (C, 1)."""
         self.calls += 1
-        args = (z, p, grad, eps.expand(z.shape[0], 1).contiguous(), inv_mass, self._beta(z, beta))
+        args = (z, p, grad, eps.expand(z.shape[0], 1).contiguous(), inv_mass, self._beta(z, beta)) + self._fixed(z)
         with pyro.validation_enabled(False):
             fn = self._graph("leapfrog", self._eager_leapfrog, args) if self.mode else None
             return (fn or self._eager_leapfrog)(*args)
@@ -111,17 +123,19 @@ class Potential:
             if seen < 5 and not force:
                 return None
             t0 = time.perf_counter()
-            self._graphs[key] = self._record(eager, args)
+            self._graphs[key] = self._record(eager, args, len(self._fixed(args[0])))
             self.record_s += time.perf_counter() - t0
         return self._graphs[key]
 
-    def _record(self, eager: Callable, args: tuple) -> Optional[Callable]:
+    def _record(self, eager: Callable, args: tuple, n_fixed: int = 0) -> Optional[Callable]:
         from torch.fx.experimental.proxy_tensor import make_fx
+        core, fixed = args[:len(args) - n_fixed], args[len(args) - n_fixed:]
 
         def perturb(scale: float) -> tuple:
-            z = args[0] + scale * torch.randn_like(args[0])
-            rest = tuple(a + 0.1 * scale * torch.randn_like(a) if i in (1, 2) else a for i, a in enumerate(args[1:], 1))
-            return (z,) + rest[:-1] + (torch.rand_like(args[-1]),)
+            z = core[0] + scale * torch.randn_like(core[0])
+            rest = tuple(a + 0.1 * scale * torch.randn_like(a) if i in (1, 2) else a for i, a in enumerate(core[1:], 1))
+            rows = torch.randperm(z.shape[0], device=z.device)  # fixed values shuffled over points: still valid
+            return (z,) + rest[:-1] + (torch.rand_like(core[-1]),) + tuple(f[rows] for f in fixed)
 
         try:
             probe = perturb(0.1)
@@ -149,5 +163,5 @@ class Potential:
         """Whether calls at ``z``'s shape use a recorded graph."""
         if not self.mode:
             return False
-        args = (z.detach(), self._beta(z, None))
+        args = (z.detach(), self._beta(z, None)) + self._fixed(z)
         return self._graph("lpg", self._eager, args, force=True) is not None
