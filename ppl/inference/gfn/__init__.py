@@ -20,3 +20,6 @@ from ppl.inference.gfn.engine import gfn, train_program_policy
 __all__ += ["LogZEstimates", "importance_log_z", "log_z_estimates", "sample_target",
             "PolicyMessenger", "ProgramPolicy", "VariableStructureError", "run_policy",
             "gfn", "train_program_policy"]
+from ppl.inference.gfn.diffusion import DiffusionConfig, DiffusionPolicy, DiffusionSampler, TerminalBuffer
+
+__all__ += ["DiffusionConfig", "DiffusionPolicy", "DiffusionSampler", "TerminalBuffer"]
