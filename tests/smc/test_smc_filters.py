@@ -248,3 +248,41 @@ def test_filter_on_gpu_matches_kalman(y10):
     assert out.log_evidence.device.type == "cuda"
     ratio = torch.exp(out.log_evidence.cpu() - lz)
     assert abs(float(ratio.mean()) - 1.0) < 4 * float(ratio.std() / math.sqrt(300))
+
+
+@pytest.fixture(scope="module")
+def y100():
+    return simulate(100, seed=0)["y"].double()
+
+
+def test_pf_default_se_matches_spread_over_seeds_t100(y100):
+    """At pf's defaults (N=1000, systematic, ESS threshold 0.5) on the T=100 LGSSM, the reported
+    Lee–Whiteley se agrees with the spread of log Z over independent runs within a factor 2."""
+    lz, _, _ = kalman_filter(y100)
+    r = pf(lgssm, seed=0, model_kwargs={"y": y100})
+    assert r.attrs["log_evidence_se_method"] == "lee-whiteley" and r.attrs["particles"] == 1000
+    # 120 independent runs with the same settings, batched as systems (one run = one system)
+    fk = StateSpaceFK(lgssm_init, lgssm_step, y100, init_kwargs={"m0": torch.tensor(0.0, dtype=torch.float64)})
+    out = run_smc(fk, 1000, systems=120, seed=1, keep_history=False)
+    d = out.log_evidence - lz
+    spread = float(d.std())
+    assert abs(float(torch.exp(d).mean()) - 1.0) < 4 * float(torch.exp(d).std()) / math.sqrt(120)
+    se = out.log_evidence_se
+    # a run whose particles all descend from one time-0 ancestor reports se = inf (no information)
+    assert float(torch.isfinite(se).float().mean()) > 0.8
+    assert 0.5 < float(se.median()) / spread < 2.0
+    assert math.isfinite(r.log_evidence_se)  # one run's se is itself noisy (median above is the typical value)
+
+
+def test_pf_pooled_systems_se(y100):
+    """systems=S pools S independent filters: unbiased log Z and an se from their spread."""
+    lz, _, _ = kalman_filter(y100)
+    r = pf(lgssm, particles=500, systems=40, seed=3, model_kwargs={"y": y100})
+    assert r.attrs["log_evidence_se_method"] == "systems" and r.attrs["systems"] == 40
+    assert r.log_weights.shape == (1, 40 * 500) and r.samples["x_99"].shape == (1, 40 * 500)
+    assert r.diagnostics["ess"].shape == (40, 100)
+    assert abs(r.log_evidence - lz) < 4 * r.log_evidence_se
+    # the pooled se is the spread of the 40 per-system estimates over sqrt(40) (in evidence scale)
+    per = r.diagnostics["log_evidence"][:, -1]
+    w = torch.exp(per - per.max())
+    assert abs(r.log_evidence_se - float(w.std() / w.mean()) / math.sqrt(40)) < 1e-6

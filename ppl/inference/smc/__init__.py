@@ -3,8 +3,8 @@ twisted SMC and particle MCMC, all batched over particles (and over independent 
 """
 from ppl.inference.smc.feynman_kac import (FeynmanKac, FKModel, NonFiniteWeightError, SMCOutput, StateShapeError,
                                            ffbs, lee_whiteley_se, run_smc)
-from ppl.inference.smc.filters import (StateSpaceFK, particle_filter, pf, register_step_form, run_with_retries,
-                                       smc_result)
+from ppl.inference.smc.filters import (StateSpaceFK, particle_filter, pf, pooled_log_evidence, register_step_form,
+                                       run_with_retries, smc_result)
 from ppl.inference.smc.pmcmc import conditional_smc, particle_gibbs, pmmh
 from ppl.inference.smc.program_smc import ProgramFK, smc
 from ppl.inference.smc.moves import KernelMove, MALAMove, RWMHMove, make_move
@@ -15,7 +15,8 @@ from ppl.inference.smc.twisted import TwistedFK, twisted_smc
 __all__ = [
     "FeynmanKac", "FKModel", "SMCOutput", "run_smc", "ffbs", "lee_whiteley_se",
     "NonFiniteWeightError", "StateShapeError",
-    "StateSpaceFK", "particle_filter", "pf", "register_step_form", "run_with_retries", "smc_result",
+    "StateSpaceFK", "particle_filter", "pf", "pooled_log_evidence", "register_step_form", "run_with_retries",
+    "smc_result",
     "RWMHMove", "MALAMove", "KernelMove", "make_move",
     "LikelihoodPath", "GeometricPath", "ProductPath", "ScheduleError", "validate_schedule", "next_temperature",
     "run_tempering", "tempered_smc", "ibis",

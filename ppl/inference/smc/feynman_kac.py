@@ -200,8 +200,11 @@ def lee_whiteley_se(log_weights: torch.Tensor, eve: torch.Tensor, num_resampled:
     """Standard error of log Z from the Eve indices (Lee & Whiteley 2018; Chan & Lai 2013).
 
     ``log_weights`` (S, N) final weights, ``eve`` (S*N,) global time-0 ancestors, ``num_resampled``
-    (S,) resampling events. Relative variance V = 1 - c (1 - sum_j S_j^2), with S_j the weight of
-    Eve j's descendants and c = (N/(N-1))^(resamplings+1); se = sqrt(log(1 + V)).
+    (S,) resampling events. With S_j the weight of Eve j's descendants and
+    c = (N/(N-1))^(resamplings+1), Z^2 (1 - V), V = 1 - c (1 - sum_j S_j^2), is the unbiased estimate
+    of Z^2 and Z^2 V of Var(Z). The relative variance is therefore V / (1 - V) (variance over the
+    unbiased Z^2, not over the squared estimate), and se = sqrt(log(1 + V/(1-V))) = sqrt(-log(1 - V)).
+    Infinite when every particle descends from one Eve (V = 1): the genealogy then says nothing.
     """
     S, N = log_weights.shape
     if N < 2:
@@ -210,26 +213,33 @@ def lee_whiteley_se(log_weights: torch.Tensor, eve: torch.Tensor, num_resampled:
     mass = torch.zeros(S * N, dtype=torch.float64, device=W.device).scatter_add_(0, eve, W).reshape(S, N)
     c = torch.exp((num_resampled.double() + 1) * math.log(N / (N - 1)))
     v = 1.0 - c * (1.0 - (mass**2).sum(-1))
-    return torch.log1p(v.clamp(min=0.0)).sqrt()
+    return (-torch.log1p(-v.clamp(0.0, 1.0))).sqrt()
 
 
 def _lse_ess(lw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """logsumexp over particles and the ESS of the weights in one exp pass, both shape (S,)."""
+    """logsumexp over particles and the ESS of the weights in one exp pass, both shape (S,).
+
+    Two O(N) passes (exp, then the sums as one fused dot product); no host synchronisation.
+    """
     m = lw.detach().amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp(lw - m)
+    w = lw - m
+    w = w.exp_() if not w.requires_grad else w.exp()
     s1 = w.sum(-1)
     wd = w.detach()
-    ess = s1.detach() ** 2 / (wd * wd).sum(-1)
+    ess = s1.detach() ** 2 / torch.linalg.vecdot(wd, wd)
     return m.squeeze(-1) + torch.log(s1), ess
 
 
-def _resample_systems(lw: torch.Tensor, need: torch.Tensor, scheme: str, base: torch.Tensor) -> torch.Tensor:
+def _resample_systems(lw: torch.Tensor, need: torch.Tensor, scheme: str, base: torch.Tensor,
+                      all_need: bool) -> torch.Tensor:
     """Global ancestor indices (S*N,): resampled rows where ``need``, identity elsewhere."""
     S, N = lw.shape
     local = resample(lw.detach(), scheme, validate=False)
-    if not bool(need.all()):
+    if not all_need:
         local = torch.where(need[:, None], local, torch.arange(N, device=lw.device).expand(S, N))
+    if S == 1:
+        return local.reshape(-1)
     return (local + base).reshape(-1)
 
 
@@ -276,8 +286,7 @@ def _drive(fk, N, S, T, scheme, threshold, keep_history, callback) -> SMCOutput:
     lw0 = torch.full((S, N), -math.log(N), dtype=log_g.dtype, device=dev)
     lw = lw0 + log_g.reshape(S, N)
     log_z, ess = _lse_ess(lw)
-    if not bool(torch.isfinite(log_z).all()):
-        _fail(fk, 0, lw, log_g)
+    inc = log_z
     eve = torch.arange(n, device=dev)
     num_res = torch.zeros(S, dtype=torch.int64, device=dev)
     out = SMCOutput(state=state, log_weights=lw, log_evidence=log_z, log_evidence_se=log_z,
@@ -292,26 +301,33 @@ def _drive(fk, N, S, T, scheme, threshold, keep_history, callback) -> SMCOutput:
         out.states.append(state)
         out.log_weight_history.append(lwn.detach())
     for t in range(1, T):
-        if threshold >= 1.0:
-            need = torch.ones(S, dtype=torch.bool, device=dev)
-        elif threshold <= 0.0:
-            need = torch.zeros(S, dtype=torch.bool, device=dev)
-        else:
+        # one host synchronisation per step: the previous increment's finiteness and whether (and
+        # where) to resample are read together
+        ok = torch.isfinite(inc).all()
+        if 0.0 < threshold < 1.0:
             need = ess < threshold * N
+            vals = torch.stack([ok, need.any(), need.all()]).tolist()
+            finite, any_need, all_need = vals
+        else:
+            finite = bool(ok)
+            any_need = all_need = threshold >= 1.0
+            need = None
+        if not finite:
+            _fail(fk, t - 1, lw, log_g)
         anc = None
-        if bool(need.any()):
-            anc = _resample_systems(lwn, need, scheme, base)
+        if any_need:
+            if need is None:
+                need = torch.ones(S, dtype=torch.bool, device=dev)
+            anc = _resample_systems(lwn, need, scheme, base, all_need)
             state = {k: v.index_select(0, anc) for k, v in state.items()}
             eve = eve.index_select(0, anc)
             num_res = num_res + need.long()
-            lwn = torch.where(need[:, None], lw0, lwn)
-        flags.append(need)
+            lwn = lw0 if all_need else torch.where(need[:, None], lw0, lwn)
+        flags.append(need if need is not None else torch.full((S,), any_need, dtype=torch.bool, device=dev))
         state, log_g, record = _unpack(fk.step(t, state), n, t, lwn)
         shapes = _check_state(state, n, t, shapes, growing=not getattr(fk, "fixed_state_shapes", True))
         lw = lwn + log_g.reshape(S, N)
         inc, ess = _lse_ess(lw)
-        if not bool(torch.isfinite(inc).all()):
-            _fail(fk, t, lw, log_g)
         log_z = log_z + inc
         lwn = lw - inc[:, None]
         lzs.append(log_z)
@@ -323,6 +339,8 @@ def _drive(fk, N, S, T, scheme, threshold, keep_history, callback) -> SMCOutput:
             out.log_weight_history.append(lwn.detach())
         if callback is not None:
             callback(t, state, lwn)
+    if not bool(torch.isfinite(inc).all()):
+        _fail(fk, T - 1, lw, log_g)
     out.state = state
     out.log_weights = lw
     out.log_evidence = log_z

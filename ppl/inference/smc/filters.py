@@ -9,7 +9,7 @@ a ``proposal(state, t, y_t, **step_kwargs)`` program gives the guided filter, a 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -19,7 +19,7 @@ from ppl.handlers import ProposeMessenger
 from ppl.handlers._sites import is_latent
 from ppl.inference.program import Program, guess_max_plate_nesting
 from ppl.inference.registry import register_engine
-from ppl.inference.result import Result
+from ppl.inference.result import Result, log_mean_exp_with_se
 from ppl.inference.runtime import Seed, move, resolve_device
 from ppl.inference.smc.feynman_kac import FeynmanKac, SMCOutput, State, StateShapeError, ffbs, run_smc
 
@@ -35,6 +35,33 @@ class _FixLatents(Messenger):
         if is_latent(msg) and msg["name"] in self.values and not msg["done"]:
             msg["value"] = self.values[msg["name"]]
             msg["done"] = True
+
+
+class _ZeroLogProb:
+    """Stands in for a latent site's distribution so the accounting skips its (unused) log density.
+
+    The bootstrap filter's weight is the likelihood alone; computing each latent's prior log
+    density every step is an O(N) pass per site for nothing. Anything else is read from the base.
+    """
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def log_prob(self, value: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return value.new_zeros(())
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "base":  # not yet set (e.g. during copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+class _SkipLatentLogProb(Messenger):
+    """Outside the log-density accounting: latent sites contribute 0 to the prior (bootstrap weights only)."""
+
+    def _postprocess_message(self, msg) -> None:
+        if is_latent(msg) and not isinstance(msg["fn"], _ZeroLogProb):
+            msg["fn"] = _ZeroLogProb(msg["fn"])
 
 
 def _as_state(value: Any, n: int, t: int, what: str) -> State:
@@ -117,11 +144,13 @@ class StateSpaceFK(FeynmanKac):
     def _run_step(self, n: int, state: Optional[State], t: int):
         """Run step t (after init at t=0) batched; return (state, log_g, record of latent sites)."""
         args = (state, t, self.data[t])
-        handlers = []
+        handlers: list = []
         if self.proposal is not None:
             qtrace, _ = self._program(self.proposal, args, self.step_kwargs).run(n)
             propose = ProposeMessenger(qtrace)
             handlers.append(propose)
+        else:
+            handlers.append(_SkipLatentLogProb())
         trace, density = self._program(self.step_fn, args, self.step_kwargs).run(n, *handlers)
         if self.proposal is not None:
             propose.check_all_used()
@@ -135,7 +164,7 @@ class StateSpaceFK(FeynmanKac):
         return new, log_g, record
 
     def init(self, n: int):
-        trace, _ = self._program(self.init_fn, self.init_args, self.init_kwargs).run(n)
+        trace, _ = self._program(self.init_fn, self.init_args, self.init_kwargs).run(n, _SkipLatentLogProb())
         state = _as_state(trace.nodes["_RETURN"]["value"], n, 0, "init")
         rec0 = {name: _lead(site["value"], n) for name, site in trace.nodes.items() if is_latent(site)}
         state, log_g, record = self._run_step(n, state, 0)
@@ -167,7 +196,7 @@ def smc_result(
     *,
     fk: Optional[FeynmanKac] = None,
     smoothing: str = "genealogy",
-    system: int = 0,
+    system: Optional[int] = 0,
     attrs: Optional[Dict[str, Any]] = None,
     extra_diagnostics: Optional[Dict[str, Any]] = None,
 ) -> Result:
@@ -176,7 +205,12 @@ def smc_result(
     With ``smoothing="genealogy"`` (and history) samples hold every recorded site traced back
     along the final particles' ancestry (weighted by the final weights); ``"ffbs"`` gives N
     equally weighted backward-sampled trajectories; ``"none"`` the final state only.
+    ``system=None`` pools all independent systems of the run (see :func:`pooled_log_evidence`).
     """
+    if system is None and out.num_systems == 1:
+        system = 0
+    if system is None:
+        return _pooled_result(out, engine, fk=fk, smoothing=smoothing, attrs=attrs, extra_diagnostics=extra_diagnostics)
     N = out.num_particles
     sl = slice(system * N, (system + 1) * N)
     lw = out.log_weights[system].detach()
@@ -210,7 +244,56 @@ def smc_result(
         log_evidence=float(out.log_evidence[system]),
         log_evidence_se=float(out.log_evidence_se[system]),
         diagnostics=diagnostics,
-        attrs=dict(attrs or {}, particles=N, num_resampling=int(out.resampled[:, system].sum())),
+        attrs=dict(attrs or {}, particles=N, num_resampling=int(out.resampled[:, system].sum()),
+                   log_evidence_se_method=LEE_WHITELEY),
+    )
+
+
+LEE_WHITELEY = "lee-whiteley"
+"""``attrs["log_evidence_se_method"]`` of one particle system: the Eve-index (genealogy) estimator,
+exact in expectation only for multinomial resampling at every step; reads low otherwise (docs/smc.md)."""
+SYSTEMS = "systems"
+"""``attrs["log_evidence_se_method"]`` with ``systems=S > 1``: the spread of S independent log Z estimates."""
+
+
+def pooled_log_evidence(out: SMCOutput) -> Tuple[float, float]:
+    """log of the mean of the S independent evidence estimates and its standard error from their spread.
+
+    The mean of unbiased estimates is unbiased (in evidence scale); the se is the delta-method
+    se of a log-mean-exp over S i.i.d. terms, free of the genealogy estimator's assumptions.
+    """
+    return log_mean_exp_with_se(out.log_evidence.detach())
+
+
+def _pooled_result(out: SMCOutput, engine: str, *, fk, smoothing, attrs, extra_diagnostics) -> Result:
+    """All S systems as one weighted sample: particle (s, i) has weight Z_s W_{s,i} (normalised over all)."""
+    if smoothing == "ffbs":
+        raise ValueError("smoothing='ffbs' pools no systems: run FFBS with systems=1 (or call ffbs(..., system=s))")
+    S, N = out.num_systems, out.num_particles
+    lw = out.log_weights.detach()
+    lw = (lw - torch.logsumexp(lw, -1, keepdim=True) + out.log_evidence.detach()[:, None]).reshape(1, S * N)
+    samples: Dict[str, torch.Tensor] = {}
+    if smoothing == "genealogy" and out.records:
+        for k, v in out.trajectories().items():
+            samples.update(_split_path(k, v, out))
+    else:
+        samples = {k: v for k, v in out.state.items()}
+    log_z, se = pooled_log_evidence(out)
+    diagnostics = {
+        "ess": out.ess.detach().T.cpu(),  # (system, step)
+        "resampled": out.resampled.T.cpu(),
+        "log_evidence": out.log_evidence_history.detach().T.cpu(),
+    }
+    diagnostics.update(extra_diagnostics or {})
+    return Result(
+        engine=engine,
+        samples={k: v.detach().unsqueeze(0) for k, v in samples.items()},
+        log_weights=lw,
+        log_evidence=log_z,
+        log_evidence_se=se,
+        diagnostics=diagnostics,
+        attrs=dict(attrs or {}, particles=N, systems=S, num_resampling=int(out.resampled.sum()),
+                   log_evidence_se_method=SYSTEMS),
     )
 
 
@@ -237,6 +320,7 @@ def particle_filter(
     ess_threshold: float = 0.5,
     smoothing: str = "genealogy",
     retries: int = 0,
+    systems: int = 1,
     seed: Seed = None,
     device: Optional[Any] = None,
     dtype: Optional[torch.dtype] = None,
@@ -247,6 +331,9 @@ def particle_filter(
     ``log_eta(state, t, y_next) -> (N,)`` is the auxiliary filter's lookahead, an approximation
     of log p(y_{t+1} | x_t); it reweights before resampling and is divided out afterwards, so
     log Z stays unbiased. ``retries`` reruns with twice the particles when all weights vanish.
+    ``systems=S > 1`` runs S independent filters in one batch and pools them: log Z is the log of
+    the mean of the S estimates and its se comes from their spread (robust; the single-system se
+    is the Lee–Whiteley estimator, which reads low with systematic / adaptive resampling).
     Returns a :class:`Result` (see :func:`smc_result`).
     """
     start = time.perf_counter()
@@ -260,11 +347,13 @@ def particle_filter(
         data_ = fk.data  # type: ignore[attr-defined]
         fk = TwistedFK(fk, lambda t, state: log_eta(state, t, data_[t + 1]))
     kind = "guided" if proposal is not None else ("auxiliary" if log_eta is not None else "bootstrap")
-    out = run_with_retries(fk, particles, retries, resampling=resampling, ess_threshold=ess_threshold,
-                           seed=seed, device=base_fk.device)  # type: ignore[attr-defined]
+    if int(systems) < 1:
+        raise ValueError(f"systems must be a positive integer, got {systems!r}")
+    out = run_with_retries(fk, particles, retries, systems=int(systems), resampling=resampling,
+                           ess_threshold=ess_threshold, seed=seed, device=base_fk.device)  # type: ignore[attr-defined]
     if smoothing == "ffbs" and log_eta is not None:
         raise ValueError("FFBS needs the untwisted filtering weights; use smoothing='genealogy' with log_eta")
-    return smc_result(out, "pf", fk=base_fk, smoothing=smoothing,
+    return smc_result(out, "pf", fk=base_fk, smoothing=smoothing, system=None,
                       attrs={"filter": kind, "runtime_s": time.perf_counter() - start, "resampling": resampling})
 
 
@@ -338,6 +427,7 @@ def pf(
     resampling: str = "systematic",
     ess_threshold: float = 0.5,
     smoothing: str = "genealogy",
+    systems: int = 1,
 ) -> Result:
     """Engine form of :func:`particle_filter`: ``model`` has ``init``, ``step`` and (or ``model_kwargs``) ``data``.
 
@@ -366,4 +456,5 @@ def pf(
 
     return particle_filter(init, step, data, particles=particles, proposal=proposal, init_args=args,
                            init_kwargs=accepted(init), step_kwargs=accepted(step), resampling=resampling,
-                           ess_threshold=ess_threshold, smoothing=smoothing, seed=seed, device=device, dtype=dtype)
+                           ess_threshold=ess_threshold, smoothing=smoothing, systems=systems, seed=seed,
+                           device=device, dtype=dtype)

@@ -128,5 +128,6 @@ def smc(
         diagnostics={"ess": out.ess[:, 0].cpu(), "resampled": out.resampled[:, 0].cpu(),
                      "log_evidence": out.log_evidence_history[:, 0].cpu()},
         attrs={"particles": n, "barriers": base.num_steps, "runtime_s": time.perf_counter() - start,
-               "model": program.name, "num_resampling": int(out.resampled[:, 0].sum())},
+               "model": program.name, "num_resampling": int(out.resampled[:, 0].sum()),
+               "log_evidence_se_method": "lee-whiteley"},
     )

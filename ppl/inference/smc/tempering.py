@@ -214,7 +214,7 @@ def run_tempering(
         lwn = torch.full((N,), -math.log(N), dtype=base.dtype, device=dev)
         log_z = torch.zeros((), dtype=torch.float64, device=dev)
         eve = torch.arange(N, device=dev)
-        n_res = 0
+        n_res, se = 0, math.inf
         beta = 0.0
         hist: Dict[str, List[float]] = {"temperature": [], "ess": [], "resampled": [], "acceptance": [], "log_evidence": []}
         k = 0
@@ -235,7 +235,8 @@ def run_tempering(
             lwn = lw - inc
             ess = float(torch.exp(-torch.logsumexp(2 * lwn, 0)))
             beta = new_beta
-            se = float(lee_whiteley_se(lwn[None], eve, torch.tensor([n_res], device=dev))[0])
+            if beta >= 1.0:  # only the final weights' se is reported: no O(N) scatter every step
+                se = float(lee_whiteley_se(lwn[None], eve, torch.tensor([n_res], device=dev))[0])
             resampled = ess < ess_threshold * N or ess_threshold >= 1.0
             if resampled:
                 anc = resample(lwn, resampling)
@@ -247,7 +248,8 @@ def run_tempering(
                              ("acceptance", info.acceptance), ("log_evidence", float(log_z))):
                 hist[key].append(val)
             k += 1
-    return {"z": z, "log_weights": lwn, "log_evidence": float(log_z), "log_evidence_se": se, "history": hist}
+    return {"z": z, "log_weights": lwn, "log_evidence": float(log_z), "log_evidence_se": se, "history": hist,
+            "eve": eve}
 
 
 def _result(path: LikelihoodPath, run: Dict[str, Any], engine: str, attrs: Dict[str, Any]) -> Result:
@@ -265,7 +267,9 @@ def _result(path: LikelihoodPath, run: Dict[str, Any], engine: str, attrs: Dict[
         observed_data=program.observed_data(),
         dims={k: s.dims for k, s in program.sites.items()},
         diagnostics={k: torch.tensor(v, dtype=torch.float64) for k, v in hist.items()},
-        attrs=dict(attrs, num_steps=len(next(iter(hist.values()))), num_resampling=int(sum(hist["resampled"]))),
+        sample_stats={"eve": run["eve"].detach().unsqueeze(0)} if "eve" in run else {},
+        attrs=dict(attrs, num_steps=len(next(iter(hist.values()))), num_resampling=int(sum(hist["resampled"])),
+                   log_evidence_se_method="lee-whiteley"),
     )
 
 
@@ -388,7 +392,8 @@ def ibis(
             log_z = log_z + inc.double().cpu()
             lwn = lw - inc
             ess = float(torch.exp(-torch.logsumexp(2 * lwn, 0)))
-            se = float(lee_whiteley_se(lwn[None], eve, torch.tensor([n_res], device=z.device))[0])
+            if k == len(edges) - 1:  # the final weights' se only
+                se = float(lee_whiteley_se(lwn[None], eve, torch.tensor([n_res], device=z.device))[0])
             resampled = ess < ess_threshold * N
             if resampled:
                 anc = resample(lwn, resampling)
