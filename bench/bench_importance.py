@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     import pyro
-    from pyro.infer import EmpiricalMarginal, Importance  # noqa: F401
+    from pyro.infer import Importance
 
     from ppl.inference import importance
     from ppl.models import get_model

@@ -6,7 +6,6 @@ import math
 from typing import Any, Dict
 
 import numpy as np
-import torch
 
 from ppl.inference.result import Result
 

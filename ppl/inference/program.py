@@ -19,7 +19,7 @@ from pyro.poutine.trace_struct import Trace
 
 from ppl.errors import ModelError, PPLError
 from ppl.handlers import BatchMessenger, LogDensityMessenger
-from ppl.handlers._sites import PARTICLE_PLATE, is_deterministic, is_latent, is_observation, is_sample
+from ppl.handlers._sites import PARTICLE_PLATE, is_deterministic, is_latent, is_sample
 from ppl.handlers.improper import ImproperInitMessenger
 from ppl.inference.runtime import defaults, move, resolve_device
 

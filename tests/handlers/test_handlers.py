@@ -1,6 +1,4 @@
 """Each handler's one effect, and its composition with Pyro's own handlers."""
-import math
-
 import pyro
 import pyro.distributions as dist
 import pytest

@@ -33,7 +33,6 @@ def model_specs(draw):
 
 def build(spec, seed=0):
     g = torch.Generator().manual_seed(seed)
-    data = {}
     for s in spec:
         shape = [1, 1]
         for p in s["plates"]:

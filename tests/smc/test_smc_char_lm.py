@@ -1,18 +1,10 @@
 """Constrained character LM: SMC steering gives exact-weight samples and log P(constraint) (exact by a forward pass)."""
-import pytest
 import torch
 
 from ppl.inference.smc.filters import particle_filter
 from ppl.inference.smc.program_smc import smc
 from ppl.models import char_lm as lm
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_exact_evidence_matches_enumeration_for_short_strings():

@@ -14,14 +14,6 @@ from ppl.models.lgssm import kalman_filter, kalman_smoother, lgssm, lgssm_init, 
 
 A, Q, R = 0.9, 1.0, 0.5
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the machine is shared, and thread contention costs far more than it saves here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 S0 = Q / math.sqrt(1 - A * A)
 
 

@@ -1,6 +1,5 @@
 """Tempered SMC on logistic regression (n=100, d=3) against long reference runs: NUTS moments, IS log Z."""
 import math
-import time
 
 import pyro.distributions as dist
 import pytest
@@ -15,13 +14,6 @@ from ppl.inference.target import UnconstrainedTarget
 from ppl.models import get_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def reference():
@@ -29,7 +21,6 @@ def reference():
     az = pytest.importorskip("arviz")
     spec = get_model("logistic_regression_small")
     d = {k: v.double() for k, v in spec.data(seed=0).items()}
-    torch.set_num_threads(1)
     ref = nuts(spec.model, chains=16, warmup=250, draws=125, seed=0, progress=False, model_kwargs=d,
                dtype=torch.float64)
     idata = ref.to_arviz()

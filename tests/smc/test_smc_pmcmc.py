@@ -13,13 +13,6 @@ T = 30
 C_R, C_Q = -math.log(R) - 0.5 * math.log(2 * math.pi), -math.log(Q) - 0.5 * math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def problem():

@@ -14,13 +14,6 @@ from ppl.inference.smc.program_smc import ProgramFK, smc
 from ppl.models import get_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def conjugate():

@@ -9,13 +9,6 @@ from ppl.models import get_model
 from ppl.models.vi_models import gaussian_log_evidence, gaussian_posterior
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _exact_kl(guide, x, data):
     """KL(q(.|x) || p(.|x)) in closed form for a full-rank amortized guide, per observation."""

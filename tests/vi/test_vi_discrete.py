@@ -10,12 +10,9 @@ from vi_helpers import gmm, gmm_data, gmm_em, make_gmm_guide
 
 @pytest.fixture(autouse=True)
 def clean():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("objective,steps", [("rws", 120), ("vimco", 120), pytest.param("score", 200, marks=pytest.mark.slow)])

@@ -11,17 +11,9 @@ from ppl.inference.registry import get_engine
 from ppl.models import get_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def vector_fit():
-    torch.set_num_threads(1)
     spec = get_model("normal_normal_vector")
     data = spec.data()
     result = V.vi(spec.model, model_kwargs=data, guide="fullrank", steps=250, particles=16, lr=0.05,

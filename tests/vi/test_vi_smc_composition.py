@@ -12,13 +12,6 @@ from ppl.models.lgssm import kalman_filter, kalman_smoother, lgssm_init, lgssm_s
 A, Q, R = 0.9, 1.0, 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def y():
@@ -28,7 +21,6 @@ def y():
 @pytest.fixture(scope="module")
 def trained_proposal():
     """FIVO on fresh simulated sequences each step (128 systems of 2 particles, one sequence each)."""
-    torch.set_num_threads(1)
     q = LinearGaussianProposal()
     hist = fivo(lambda: lgssm_fk(lgssm_sample(128, 12), proposal=q, batched=True), q.parameters(), particles=2,
                 systems=128, steps=100, lr=0.1, schedule="cosine", seed=0)
@@ -96,7 +88,6 @@ def test_optimal_twist_matches_the_backward_recursion_by_brute_force():
 
 @pytest.fixture(scope="module")
 def trained_twist(y):
-    torch.set_num_threads(1)
     tw = QuadraticTwist(len(y))
     hist = train_twists(None, tw, twisted=LGSSMTwistedProposalFK(y, tw, A, Q, R), particles=256, systems=4, steps=80,
                         lr=0.1, schedule="cosine", seed=0)

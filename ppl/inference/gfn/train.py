@@ -7,7 +7,6 @@ search, take one optimiser step on the chosen loss. Progress via tqdm; checkpoin
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
