@@ -40,12 +40,36 @@ def cloud_scale(z: torch.Tensor, dense: bool) -> torch.Tensor:
     return torch.linalg.cholesky(cov)
 
 
+def _metropolis(log_ratio: torch.Tensor, proposed: Tuple[torch.Tensor, ...], current: Tuple[torch.Tensor, ...]):
+    """Accept each particle's proposal with probability min(1, exp(log_ratio)); a NaN ratio rejects.
+
+    Returns the acceptance mask and, for each pair, the proposed value where accepted else the current.
+    """
+    accept = torch.log(torch.rand_like(log_ratio)) < torch.nan_to_num(log_ratio, nan=-math.inf)
+    kept = tuple(torch.where(accept.reshape(accept.shape + (1,) * (p.dim() - 1)), p, c)
+                 for p, c in zip(proposed, current))
+    return accept, kept
+
+
+class _AdaptiveScale:
+    """A scale factor adapted between SMC steps toward a target acceptance rate."""
+
+    target_accept: float
+    factor: Optional[float]
+
+    def _adapt(self, accepted: torch.Tensor, steps: int) -> MoveInfo:
+        acc = float(accepted) / steps  # one host sync per move, not per step
+        info = MoveInfo(acc, self.factor)
+        self.factor *= math.exp(acc - self.target_accept)
+        return info
+
+
 def _noise(shape: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     xi = torch.randn_like(like)
     return xi @ shape.T if shape.dim() == 2 else xi * shape
 
 
-class RWMHMove:
+class RWMHMove(_AdaptiveScale):
     """Random-walk Metropolis with proposal N(z, (s c)^2 Sigma_cloud); s adapts toward ``target_accept``."""
 
     needs_grad = False
@@ -61,23 +85,17 @@ class RWMHMove:
         if self.factor is None:
             self.factor = 2.38 / math.sqrt(d)
         shape = cloud_scale(z, self.dense) * self.factor
-        acc_total = 0.0
+        accepted = z.new_zeros(())
         for _ in range(self.steps):
             prop = z + _noise(shape, z)
             pb, pi = terms(prop)
             log_ratio = (pb + beta * pi) - (base + beta * incr)
-            accept = torch.log(torch.rand_like(log_ratio)) < torch.nan_to_num(log_ratio, nan=-math.inf)
-            z = torch.where(accept[:, None], prop, z)
-            base = torch.where(accept, pb, base)
-            incr = torch.where(accept, pi, incr)
-            acc_total += float(accept.double().mean())
-        acc = acc_total / self.steps
-        info = MoveInfo(acc, self.factor)
-        self.factor *= math.exp(acc - self.target_accept)
-        return z, base, incr, info
+            accept, (z, base, incr) = _metropolis(log_ratio, (prop, pb, pi), (z, base, incr))
+            accepted = accepted + accept.to(z.dtype).mean()
+        return z, base, incr, self._adapt(accepted, self.steps)
 
 
-class MALAMove:
+class MALAMove(_AdaptiveScale):
     """Preconditioned Langevin (MALA) with the cloud's sd as the metric; step adapts toward ``target_accept``."""
 
     needs_grad = True
@@ -97,7 +115,7 @@ class MALAMove:
         sd = cloud_scale(z, dense=False)
         h = (self.factor * sd) ** 2  # (D,) per-coordinate step
         _, _, grad = terms_grad(z, beta)
-        acc_total = 0.0
+        accepted = z.new_zeros(())
         for _ in range(self.steps):
             mean = z + 0.5 * h * grad
             prop = mean + h.sqrt() * torch.randn_like(z)
@@ -106,16 +124,9 @@ class MALAMove:
             log_q_fwd = -0.5 * ((prop - mean) ** 2 / h).sum(-1)
             log_q_bwd = -0.5 * ((z - back) ** 2 / h).sum(-1)
             log_ratio = (pb + beta * pi) - (base + beta * incr) + log_q_bwd - log_q_fwd
-            accept = torch.log(torch.rand_like(log_ratio)) < torch.nan_to_num(log_ratio, nan=-math.inf)
-            z = torch.where(accept[:, None], prop, z)
-            grad = torch.where(accept[:, None], pgrad, grad)
-            base = torch.where(accept, pb, base)
-            incr = torch.where(accept, pi, incr)
-            acc_total += float(accept.double().mean())
-        acc = acc_total / self.steps
-        info = MoveInfo(acc, self.factor)
-        self.factor *= math.exp(acc - self.target_accept)
-        return z, base, incr, info
+            accept, (z, grad, base, incr) = _metropolis(log_ratio, (prop, pgrad, pb, pi), (z, grad, base, incr))
+            accepted = accepted + accept.to(z.dtype).mean()
+        return z, base, incr, self._adapt(accepted, self.steps)
 
 
 class KernelMove:
