@@ -295,11 +295,16 @@ def _drive(fk, N, S, T, scheme, threshold, keep_history, callback) -> SMCOutput:
     lzs, esss, flags = [log_z], [], [torch.zeros(S, dtype=torch.bool, device=dev)]
     lwn = lw - log_z[:, None]
     esss.append(ess)
-    if keep_history:
-        out.ancestors.append(None)
-        out.records.append(record)
-        out.states.append(state)
-        out.log_weight_history.append(lwn.detach())
+
+    def remember(anc, record, state, lwn) -> None:
+        """Keep one step's ancestry, record, state and normalised log weights (if asked to)."""
+        if keep_history:
+            out.ancestors.append(anc)
+            out.records.append(record)
+            out.states.append(state)
+            out.log_weight_history.append(lwn.detach())
+
+    remember(None, record, state, lwn)
     for t in range(1, T):
         # one host synchronisation per step: the previous increment's finiteness and whether (and
         # where) to resample are read together
@@ -332,11 +337,7 @@ def _drive(fk, N, S, T, scheme, threshold, keep_history, callback) -> SMCOutput:
         lwn = lw - inc[:, None]
         lzs.append(log_z)
         esss.append(ess)
-        if keep_history:
-            out.ancestors.append(anc)
-            out.records.append(record)
-            out.states.append(state)
-            out.log_weight_history.append(lwn.detach())
+        remember(anc, record, state, lwn)
         if callback is not None:
             callback(t, state, lwn)
     if not bool(torch.isfinite(inc).all()):
