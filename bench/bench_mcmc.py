@@ -122,7 +122,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["logistic_regression", "eight_schools_noncentered"])
     ap.add_argument("--skip-pyro", action="store_true")
     ap.add_argument("--pyro-jit", action="store_true", help="also run Pyro NUTS with jit_compile=True")
-    ap.add_argument("--no-compile-run", action="store_true", help="also run ppl with compile=False")
+    ap.add_argument("--compile", nargs="+", default=["auto", "inductor"],
+                    help="ppl compile modes to run (auto = traced graphs; inductor = fused C++ kernels; False = none)")
+    ap.add_argument("--skip-numpyro", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--device", default="cpu", help="device for ppl (e.g. cuda, with --chains 1 64 1024 8192)")
     args = ap.parse_args()
@@ -135,12 +137,11 @@ def main() -> None:
     rows = []
     for name in args.models:
         for chains in args.chains:
-            rows.append(dict(model=name, **run_ppl(name, chains, args.warmup, args.draws, "auto", device=args.device)))
-            print(rows[-1], flush=True)
-            if args.no_compile_run:
-                rows.append(dict(model=name, **run_ppl(name, chains, args.warmup, args.draws, False, device=args.device)))
+            for mode in args.compile:
+                mode = False if mode == "False" else mode
+                rows.append(dict(model=name, **run_ppl(name, chains, args.warmup, args.draws, mode, device=args.device)))
                 print(rows[-1], flush=True)
-            if have_numpyro:
+            if have_numpyro and not args.skip_numpyro:
                 rows.append(dict(model=name, **run_numpyro(name, chains, args.warmup, args.draws)))
                 print(rows[-1], flush=True)
         if not args.skip_pyro:
@@ -154,10 +155,9 @@ def main() -> None:
             if r["model"] == name and r["library"] == "ppl" and pyro_rows:
                 ratios[f"{name}/ppl_{r['chains']}ch_{r['compile']}_vs_pyro_1ch"] = r["ess_per_s"] / pyro_rows[0]["ess_per_s"]
             if r["model"] == name and r["library"] == "numpyro":
-                ours = [o for o in rows if o["model"] == name and o["library"] == "ppl" and o["chains"] == r["chains"]
-                        and o["compile"] == "auto"]
-                if ours:
-                    ratios[f"{name}/ppl_vs_numpyro_{r['chains']}ch"] = ours[0]["ess_per_s"] / r["ess_per_s"]
+                for o in rows:
+                    if o["model"] == name and o["library"] == "ppl" and o["chains"] == r["chains"]:
+                        ratios[f"{name}/ppl_{o['compile']}_vs_numpyro_{r['chains']}ch"] = o["ess_per_s"] / r["ess_per_s"]
     out = {"benchmark": "mcmc", "warmup": args.warmup, "draws": args.draws, "threads": 1,
            "torch": torch.__version__, "machine": platform.platform(), "numpyro_available": have_numpyro,
            "load_average_at_end": list(__import__("os").getloadavg()), "rows": rows, "ratios": ratios}

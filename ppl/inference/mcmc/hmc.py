@@ -10,6 +10,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from ppl.inference.mcmc.fusion import runner
 from ppl.inference.mcmc.state import (ChainState, LogDensityFn, StepInfo, kinetic, make_state,
                                       sample_momentum, velocity)
 
@@ -31,6 +32,17 @@ def leapfrog(logp_and_grad: LogDensityFn, z, p, grad, eps: torch.Tensor, inv_mas
 
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.reshape(mask.shape + (1,) * (a.dim() - 1)), a, b)
+
+
+def _integrate_one(lf, z, p, lp, grad, diverged, left, eps, inv_mass, h0, threshold):
+    """One leapfrog step of the chains with steps ``left`` that have not diverged; the others wait."""
+    active = (left > 0) & ~diverged
+    z1, p1, lp1, g1 = lf(z, p, grad, eps, inv_mass)
+    h1 = -lp1 + kinetic(p1, inv_mass)
+    bad = active & (~torch.isfinite(h1) | (h1 - h0 > threshold))
+    keep = active & ~bad
+    return (_where(keep, z1, z), _where(keep, p1, p), torch.where(keep, lp1, lp), _where(keep, g1, grad),
+            diverged | bad, left - active.long())
 
 
 class HMC:
@@ -90,19 +102,14 @@ class HMC:
         eps = state.step_size.unsqueeze(-1)
         if self.jitter:  # a random step size per chain and transition breaks periodic trajectories
             eps = eps * (1 + self.jitter * (2 * torch.rand_like(eps) - 1))
-        z, p, lp, grad = state.z, p0, state.lp, state.grad
-        diverged = torch.zeros_like(state.lp, dtype=torch.bool)
-        useful = torch.zeros_like(n)
+        threshold = torch.tensor(self.divergence_threshold, dtype=h0.dtype, device=h0.device)
+        args = (state.z, p0, state.lp, state.grad, torch.zeros_like(n, dtype=torch.bool), n, eps, inv_mass, h0, threshold)
+        step = runner(self.logp_and_grad, "hmc_leapfrog", _integrate_one, args, state.z)
         total = int(n.max())
-        for i in range(total):
-            active = (i < n) & ~diverged
-            z1, p1, lp1, g1 = leapfrog(self.logp_and_grad, z, p, grad, eps, inv_mass)
-            h1 = -lp1 + kinetic(p1, inv_mass)
-            bad = active & (~torch.isfinite(h1) | (h1 - h0 > self.divergence_threshold))
-            diverged = diverged | bad
-            keep = active & ~bad
-            useful = useful + active.long()
-            z, p, lp, grad = _where(keep, z1, z), _where(keep, p1, p), torch.where(keep, lp1, lp), _where(keep, g1, grad)
+        for _ in range(total):
+            args = step(*args) + args[6:]
+        z, p, lp, grad, diverged, left = args[:6]
+        useful = n - left
         h = -lp + kinetic(p, inv_mass)
         log_a = torch.where(diverged, torch.full_like(h, -math.inf), torch.nan_to_num(h0 - h, nan=-math.inf))
         accept = torch.rand_like(h).log() < log_a

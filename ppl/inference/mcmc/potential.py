@@ -2,13 +2,15 @@
 
 Running a Pyro program under handlers costs milliseconds of Python per call, whatever the number
 of chains. For a fixed batch shape the computation ``(z, beta) -> (log p, d log p / dz)`` is a
-fixed graph of tensor operations, so :class:`Potential` can record it once with ``make_fx``
-(``compile="fx"``: replays the recorded ATen graph from Python), then ``torch.jit.trace`` that
-graph (``compile="trace"``, the default ``"auto"``: no Python per call, ~0.1 s to build) or hand
-it to ``torch.compile`` (``compile="inductor"``: fused kernels, ~20 s of compile time). A recorded
-graph is checked against the plain path at fresh points before use; if recording, compiling or
-the check fails, the plain path is used with a warning. Programs with data-dependent control
-flow (stochastic subsampling, ``if`` on a latent value) must use ``compile=False``.
+fixed graph of tensor operations, so :class:`Potential` can record it once with ``make_fx``,
+simplify it (:mod:`ppl.inference.graph_simplify`) and replay it: from Python (``compile="fx"``),
+through ``torch.jit.trace`` + freeze (``compile="trace"``, the default ``"auto"``: no Python per
+call, ~0.1-1 s to build) or as inductor's fused C++ kernels (``compile="inductor"``: ~3x faster
+per call, ~5-10 s of compile per graph). A recorded graph is checked against the plain path at
+fresh points before use; if recording, compiling or the check fails, the plain path is used with
+a warning. Programs with data-dependent control flow (stochastic subsampling, ``if`` on a latent
+value) must use ``compile=False``. Kernels fuse their inner loops with the gradient through
+:meth:`Potential.fuse` (see :mod:`ppl.inference.mcmc.fusion`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import pyro
 import torch
 
+from ppl.inference.graph_simplify import simplify
 from ppl.inference.mcmc.state import velocity
 from ppl.inference.target import UnconstrainedTarget
 
@@ -32,6 +35,17 @@ def _sanitize(lp: torch.Tensor, grad: torch.Tensor) -> Tuple[torch.Tensor, torch
     bad = ~torch.isfinite(lp)
     grad = torch.where(bad.unsqueeze(-1) | ~torch.isfinite(grad), torch.zeros_like(grad), grad)
     return lp, grad
+
+
+def _inductor(graph: torch.fx.GraphModule, probe: tuple) -> Callable:
+    """Compile a recorded graph to fused kernels with inductor, without TorchDynamo's per-call guards.
+
+    The graph's shapes are fixed and checked by the caller, so dynamo (``torch.compile``) would only
+    add guard evaluation to every call; its ``compile_fx`` entry point takes the ATen graph as is.
+    """
+    from torch._inductor.compile_fx import compile_fx
+    compiled = compile_fx(graph, list(probe))  # specialised to contiguous inputs, as the probe's copies are
+    return lambda *a: tuple(compiled(*[t.contiguous() for t in a]))
 
 
 class Potential:
@@ -54,6 +68,7 @@ class Potential:
         self.beta = beta
         self._graphs: Dict[tuple, Optional[Callable]] = {}
         self._seen: Dict[tuple, int] = {}
+        self._compiled_for: Dict[tuple, bool] = {}
         self.calls = 0
         self.record_s = 0.0  # seconds spent recording / compiling graphs
 
@@ -113,46 +128,125 @@ class Potential:
     def log_prob(self, z: torch.Tensor, beta: Optional[Beta] = None) -> torch.Tensor:
         return self(z, beta)[0]
 
+    def fuse(self, name: str, fn: Callable, example: tuple, points: torch.Tensor,
+             beta: Optional[Beta] = None) -> Callable[..., tuple]:
+        """A callable for ``fn(leapfrog, *args)``, recorded as one graph with the program's log density.
+
+        A kernel's per-step bookkeeping costs as much Python as the program itself, so kernels hand
+        it here: ``fn`` gets this potential's ``leapfrog(z, p, grad, eps, inv_mass)`` and must be a
+        pure function of its tensor arguments (random numbers drawn outside and passed in), shaped
+        like ``example``. ``points`` (C, D) are positions of this shape: the program's own graph must
+        pass the fresh-point check there first, and the fused graph must then reproduce ``fn``
+        exactly at the call that records it; otherwise ``fn`` runs eagerly around the leapfrog.
+        The callable is valid for arguments shaped like ``example`` (kernels ask once per step).
+        """
+        n = len(example)
+        extra = (self._beta(points, beta),) + self._fixed(points)
+
+        def eager(*a):
+            core, b, fixed = a[:n], a[n], a[n + 1:]
+            return fn(lambda z, p, g, e, m: self._eager_leapfrog(z, p, g, e, m, b, *fixed), *core)
+
+        def plain(*a):
+            return fn(lambda z, p, g, e, m: self.leapfrog(z, p, g, e, m, beta), *a)
+
+        if not (self.mode and self.compiled_for(points)):
+            return plain
+        with pyro.validation_enabled(False):
+            graph = self._graph(name, eager, tuple(example) + extra, exact=True)
+        if graph is None:
+            return plain
+        return lambda *a: graph(*a, *extra)
+
     # ------------------------------------------------------------------------- fast path
-    def _graph(self, kind: str, eager: Callable, args: tuple, force: bool = False) -> Optional[Callable]:
-        """The recorded graph for these shapes, made on the fifth call (rare shapes stay eager)."""
-        key = (kind,) + tuple((tuple(a.shape), a.dtype, str(a.device)) for a in args)
+    def _graph(self, kind: str, eager: Callable, args: tuple, force: bool = False, exact: bool = False) -> Optional[Callable]:
+        """The recorded graph for these shapes, made on the fifth call (rare shapes stay eager).
+
+        ``exact``: check the graph against ``eager`` at ``args`` themselves (for fused kernel steps,
+        whose inputs cannot be perturbed at random) instead of at fresh points near them.
+        """
+        key = (kind, args[0].device) + tuple((a.shape, a.dtype) for a in args)  # inputs share one device
         if key not in self._graphs:
             seen = self._seen.get(key, 0) + 1
             self._seen[key] = seen
             if seen < 5 and not force:
                 return None
             t0 = time.perf_counter()
-            self._graphs[key] = self._record(eager, args, len(self._fixed(args[0])))
+            self._graphs[key] = (self._record_exact(eager, args) if exact
+                                 else self._record(eager, args, len(self._fixed(args[0]))))
             self.record_s += time.perf_counter() - t0
         return self._graphs[key]
 
-    def _record(self, eager: Callable, args: tuple, n_fixed: int = 0) -> Optional[Callable]:
+    def _compile(self, eager: Callable, probe: tuple) -> Callable:
+        """Record ``eager`` at ``probe`` as an ATen graph, simplify it, then trace-and-freeze or inductor-compile it."""
         from torch.fx.experimental.proxy_tensor import make_fx
+        # tracers tell inputs apart by tensor identity: one tensor passed twice (a tree whose two
+        # ends are still its start point) would become one input, so every input gets its own copy
+        probe = tuple(a.clone(memory_format=torch.contiguous_format) for a in probe)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn = simplify(make_fx(lambda *a: eager(*a))(*probe), probe)
+            if self.mode == "inductor":
+                try:
+                    return _inductor(fn, probe)
+                except Exception as e:  # noqa: BLE001 - no C++ compiler, unsupported op, ...: trace instead
+                    warnings.warn(f"inductor could not compile the graph ({type(e).__name__}: {e}); "
+                                  "using the traced graph", RuntimeWarning)
+            if self.mode in ("trace", "inductor"):
+                fn = torch.jit.trace(fn, probe, check_trace=False)
+                try:  # freezing inlines constants and drops no-op nodes
+                    fn = torch.jit.freeze(fn.eval())
+                except Exception:  # noqa: BLE001 - an unfrozen traced graph is still correct
+                    pass
+            return fn
+
+    @staticmethod
+    def _agree(want: tuple, got: tuple) -> bool:
+        """Outputs equal: floats to 1e-4 relative (same non-finite pattern), others exactly."""
+        for w, g in zip(want, got):
+            if not w.is_floating_point():
+                if not torch.equal(w, g):
+                    return False
+                continue
+            ok = torch.isfinite(w)
+            atol = 1e-4 * (1 + float(w[ok].abs().max())) if ok.any() else 1e-4
+            if not torch.equal(ok, torch.isfinite(g)) or not torch.allclose(w[ok], g[ok], rtol=1e-4, atol=atol):
+                return False
+        return True
+
+    def _record_exact(self, eager: Callable, args: tuple) -> Optional[Callable]:
+        try:
+            fn = self._compile(eager, args)
+            if not self._agree(eager(*args), fn(*args)):
+                raise RuntimeError("the recorded kernel step disagrees with the plain one")
+            return fn
+        except Exception as e:  # noqa: BLE001 - any failure means: use the plain path
+            warnings.warn(f"compile={self.mode!r} failed for a fused kernel step ({type(e).__name__}: {e}); "
+                          "running it uncompiled", RuntimeWarning)
+            return None
+
+    def _record(self, eager: Callable, args: tuple, n_fixed: int = 0) -> Optional[Callable]:
         core, fixed = args[:len(args) - n_fixed], args[len(args) - n_fixed:]
 
+        # a private generator: recording must not move the caller's random stream (same seed, same draws)
+        gen = torch.Generator(device=core[0].device).manual_seed(20250101)
+
+        def noise(a: torch.Tensor) -> torch.Tensor:
+            return torch.randn(a.shape, generator=gen, dtype=a.dtype, device=a.device)
+
         def perturb(scale: float) -> tuple:
-            z = core[0] + scale * torch.randn_like(core[0])
-            rest = tuple(a + 0.1 * scale * torch.randn_like(a) if i in (1, 2) else a for i, a in enumerate(core[1:], 1))
-            rows = torch.randperm(z.shape[0], device=z.device)  # fixed values shuffled over points: still valid
-            return (z,) + rest[:-1] + (torch.rand_like(core[-1]),) + tuple(f[rows] for f in fixed)
+            z = core[0] + scale * noise(core[0])
+            rest = tuple(a + 0.1 * scale * noise(a) if i in (1, 2) else a for i, a in enumerate(core[1:], 1))
+            rows = torch.randperm(z.shape[0], generator=gen, device=z.device)  # fixed values shuffled: still valid
+            beta = torch.rand(core[-1].shape, generator=gen, dtype=core[-1].dtype, device=z.device)
+            return (z,) + rest[:-1] + (beta,) + tuple(f[rows] for f in fixed)
 
         try:
-            probe = perturb(0.1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fn = make_fx(lambda *a: eager(*a))(*probe)
-                if self.mode == "inductor":
-                    fn = torch.compile(fn, dynamic=False)
-                elif self.mode == "trace":
-                    fn = torch.jit.trace(fn, probe, check_trace=False)
+            fn = self._compile(eager, perturb(0.1))
             for scale in (0.5, 1.5):
                 check = perturb(scale)
-                for w, g in zip(eager(*check), fn(*check)):
-                    ok = torch.isfinite(w)
-                    atol = 1e-4 * (1 + float(w[ok].abs().max())) if ok.any() else 1e-4
-                    if not torch.equal(ok, torch.isfinite(g)) or not torch.allclose(w[ok], g[ok], rtol=1e-4, atol=atol):
-                        raise RuntimeError("the recorded graph disagrees with the program at a fresh point")
+                if not self._agree(eager(*check), fn(*check)):
+                    raise RuntimeError("the recorded graph disagrees with the program at a fresh point")
             return fn
         except Exception as e:  # noqa: BLE001 - any failure means: use the plain path
             warnings.warn(f"compile={self.mode!r} failed for this program ({type(e).__name__}: {e}); "
@@ -163,5 +257,8 @@ class Potential:
         """Whether calls at ``z``'s shape use a recorded graph."""
         if not self.mode:
             return False
-        args = (z.detach(), self._beta(z, None)) + self._fixed(z)
-        return self._graph("lpg", self._eager, args, force=True) is not None
+        key = (z.shape, z.dtype, z.device)
+        if key not in self._compiled_for:
+            args = (z.detach(), self._beta(z, None)) + self._fixed(z)
+            self._compiled_for[key] = self._graph("lpg", self._eager, args, force=True) is not None
+        return self._compiled_for[key]
