@@ -166,6 +166,36 @@ def uniform_log_pb(env: Env, states: torch.Tensor) -> torch.Tensor:
     return masked_log_softmax(torch.zeros(mask.shape, device=states.device), mask)
 
 
+def distinct_states(states: torch.Tensor, worth: float = 0.75):
+    """``(distinct rows, inverse index)`` of a batch of discrete states, or ``(states, None)``.
+
+    A batch of rollouts revisits the same states (every trajectory starts at s0; on a grid the
+    states t steps in lie on one diagonal), and the policy network is a pure function of the state,
+    so it need only run once per distinct state: ``out[inverse]`` gives every row its value, and
+    gradients add up over the duplicates through the indexing. Continuous states, or batches with
+    more than ``worth`` of their rows distinct, are returned as they are.
+    """
+    n = states.shape[0]
+    if states.is_floating_point() or n < 8:
+        return states, None
+    flat = states.reshape(n, -1).long()
+    lo = flat.amin(0)
+    span = flat.amax(0) - lo + 1
+    if float(span.double().log2().sum()) < 62:  # rows fit one int64 key (mixed radix): a 1-D unique is fast
+        strides = torch.cumprod(torch.cat([span.new_ones(1), span[:-1]]), 0)
+        _, inverse = torch.unique((flat - lo) @ strides, return_inverse=True)
+        count = int(inverse.max()) + 1
+        if count > worth * n:
+            return states, None
+        first = torch.full((count,), n, dtype=torch.long, device=flat.device).scatter_reduce(
+            0, inverse, torch.arange(n, device=flat.device), "amin")
+        return states[first], inverse
+    uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    if uniq.shape[0] > worth * n:
+        return states, None
+    return uniq.to(states.dtype).reshape((-1,) + tuple(states.shape[1:])), inverse
+
+
 def sample_actions(log_probs: torch.Tensor, mask: torch.Tensor, epsilon: float = 0.0,
                    temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Draw one action per row by Gumbel-max from tempered log-probs mixed with epsilon-uniform."""
@@ -202,8 +232,11 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
         for _ in range(T):
             active = (~done).nonzero().squeeze(1)
             sa = s[active]
-            mask = env.forward_mask(sa)
-            logp = policy.log_pf(env.encode(sa), mask)
+            distinct, inverse = distinct_states(sa)
+            mask = env.forward_mask(distinct)
+            logp = policy.log_pf(env.encode(distinct), mask)
+            if inverse is not None:
+                logp, mask = logp[inverse], mask[inverse]
             with torch.no_grad():
                 a_act = sample_actions(logp.detach(), mask, epsilon, temperature, generator)
             if with_log_pf:

@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ppl.inference.gfn.env import BackwardPolicyError, Env, Trajectories, masked_log_softmax
+from ppl.inference.gfn.env import BackwardPolicyError, Env, Trajectories, distinct_states, masked_log_softmax
 
 
 @dataclass
@@ -33,6 +33,22 @@ class StepTerms:
         return self.log_pb.sum(0)
 
 
+def trajectory_log_pf(env: Env, policy, tr: Trajectories) -> torch.Tensor:
+    """sum_t log P_F(a_t | s_t) per trajectory, from one network pass over the batch's distinct states.
+
+    The on-policy trajectory-balance path: rolling out without autograd and scoring the batch once
+    afterwards costs one forward and one backward pass over the (few) distinct states, instead of
+    a graph through every step of the rollout.
+    """
+    T, n = tr.T, tr.n
+    src = tr.states[:T].reshape((T * n,) + tuple(tr.states.shape[2:]))
+    distinct, inverse = distinct_states(src)
+    log_pf = policy.log_pf(env.encode(distinct), env.forward_mask(distinct))
+    rows = torch.arange(T * n, device=src.device) if inverse is None else inverse
+    picked = log_pf[rows, tr.actions.clamp(min=0).reshape(-1)].reshape(T, n)
+    return torch.where(tr.valid(), picked, torch.zeros_like(picked)).sum(0)
+
+
 def evaluate(env: Env, policy, tr: Trajectories, forward_looking: bool = False,
              backward_policy: Optional[Callable] = None) -> StepTerms:
     """One network pass over every state of ``tr``: log P_F, log P_B and log F per step.
@@ -43,7 +59,10 @@ def evaluate(env: Env, policy, tr: Trajectories, forward_looking: bool = False,
     """
     T, n = tr.T, tr.n
     flat = tr.states.reshape((T + 1) * n, *tr.states.shape[2:])
-    out = policy(env.encode(flat))
+    distinct, inverse = distinct_states(flat)  # one network pass per distinct state
+    out = policy(env.encode(distinct))
+    if inverse is not None:
+        out = out[inverse]
     f_logits, b_logits, flow = policy.split(out)
     f_logits = f_logits.reshape(T + 1, n, -1)[:T]
     flow = flow.reshape(T + 1, n)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl.inference.gfn.env import Env, Trajectories, sample_backward, sample_forward, uniform_log_pb_sum
-from ppl.inference.gfn.losses import evaluate, gfn_loss
+from ppl.inference.gfn.losses import evaluate, gfn_loss, trajectory_log_pf
 from ppl.inference.gfn.policy import Policy, backward_policy_fn
 from ppl.inference.runtime import seeded
 
@@ -146,8 +146,10 @@ class Trainer:
         """One training batch: on-policy (or explored) rollouts, plus replayed and local-search ones."""
         c, env = self.config, self.env
         fast = c.loss in ("tb", "vargrad") and not c.replay and not self.policy.learn_pb
-        tr = sample_forward(env, self.policy, c.batch_size, c.epsilon, c.temperature, self.generator,
-                            with_log_pf=fast)
+        with torch.no_grad():
+            tr = sample_forward(env, self.policy, c.batch_size, c.epsilon, c.temperature, self.generator)
+        if fast:  # on-policy TB / VarGrad: log P_F scored in one pass over the batch's distinct states
+            tr.log_pf_sum = trajectory_log_pf(env, self.policy, tr)
         if not bool(torch.isfinite(tr.log_reward).any()):
             raise AllRewardsInfiniteError(
                 f"all {tr.n} sampled trajectories of {type(env).__name__} have log reward -inf: the sampler "
