@@ -23,3 +23,6 @@ __all__ += ["LogZEstimates", "importance_log_z", "log_z_estimates", "sample_targ
 from ppl.inference.gfn.diffusion import DiffusionConfig, DiffusionPolicy, DiffusionSampler, TerminalBuffer
 
 __all__ += ["DiffusionConfig", "DiffusionPolicy", "DiffusionSampler", "TerminalBuffer"]
+from ppl.inference.gfn.diffusion_smc import DiffusionFK, diffusion_smc
+
+__all__ += ["DiffusionFK", "diffusion_smc"]
