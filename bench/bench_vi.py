@@ -164,21 +164,24 @@ def part2(quick, only=None, npe_steps=None, vi_steps=None):
 
     n = 2000
     out = []
+    # (task, model, data, reference draws, NPE flow family, NPE guide options, VI flow guide options)
     tasks = [
-        ("two_moons", M.two_moons, M.two_moons_data(), lambda d: M.two_moons_reference(d["x"], n=n), "spline"),
+        ("two_moons", M.two_moons, M.two_moons_data(), lambda d: M.two_moons_reference(d["x"], n=n), "spline",
+         {"bins": 16, "hidden": [64, 64], "flows": 5}, {"kind": "affine", "flows": 3}),
         ("gaussian_linear", M.gaussian_linear, M.gaussian_linear_data(),
          lambda d: d["x"] / 2 + math.sqrt(0.05) * torch.randn(n, d["x"].shape[0], generator=torch.Generator().manual_seed(5)),
-         "flow"),
+         "flow", {}, {"kind": "affine", "flows": 3}),
     ]
-    for name, model, data, reference, family in tasks:
+    for name, model, data, reference, family, npe_options, vi_options in tasks:
         if only and name not in only:
             continue
         ref = reference(data)
         start = time.perf_counter()
         steps = vi_steps or (400 if quick else 1000)
-        res = vi(model, model_kwargs=data, guide="flow", guide_options={"kind": "affine", "flows": 3},
+        res = vi(model, model_kwargs=data, guide="flow", guide_options=vi_options,
                  steps=steps, particles=32, lr=5e-3, draws=n, seed=0, schedule="cosine")
-        row = {"task": name, "method": "flow guide (affine autoregressive) fitted to x_o by ELBO", "steps": steps,
+        row = {"task": name, "method": f"flow guide ({vi_options['kind']}, {vi_options['flows']} layers) fitted to x_o by ELBO",
+               "steps": steps,
                "seconds": time.perf_counter() - start, "c2st": c2st(res.samples["theta"][0], ref),
                "elbo": res.attrs["elbo"]}
         print(row, flush=True)
@@ -186,10 +189,10 @@ def part2(quick, only=None, npe_steps=None, vi_steps=None):
         start = time.perf_counter()
         steps = npe_steps or (600 if quick else 2000)
         fitted = amortize(model, model_kwargs=data, objective="npe", family=family, steps=steps, batch_size=256,
-                          lr=2e-3, seed=0, schedule="cosine")
+                          lr=2e-3, seed=0, schedule="cosine", guide_options=npe_options)
         post = fitted.posterior(draws=n)
         row = {"task": name, "method": f"amortized NPE (conditional {'spline' if family == 'spline' else 'affine'} autoregressive flow)",
-               "steps": steps, "batch_size": 256, "seconds": time.perf_counter() - start,
+               "guide_options": npe_options, "steps": steps, "batch_size": 256, "seconds": time.perf_counter() - start,
                "c2st": c2st(post.samples["theta"][0], ref)}
         print(row, flush=True)
         out.append(row)

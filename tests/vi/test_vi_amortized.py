@@ -77,3 +77,16 @@ def test_set_encoder_trains_on_a_plate_of_iid_points():
     res = fit.posterior(draws=2000)
     assert abs(float(res.mean("mu")) - float(truth.posterior_mean["mu"])) < 0.25
     assert abs(float(res.sd("mu")) - float(truth.posterior_sd["mu"])) < 0.1
+
+
+def test_guide_options_shape_the_amortized_flow():
+    import ppl.models.vi_models as M
+    data = M.two_moons_data()
+    fit = amortize(M.two_moons, model_kwargs=data, objective="npe", family="spline", steps=3, batch_size=16, seed=0,
+                   guide_options={"bins": 12, "flows": 2, "hidden": [20, 20]})
+    assert len(fit.guide.flows) == 2
+    assert fit.guide.flows[0].nn.param_dims[0] == 12  # bin widths per dimension
+    assert fit.guide.flows[0].nn.layers[0].out_features == 20
+    with pytest.raises(TypeError):
+        amortize(M.two_moons, model_kwargs=data, objective="npe", family="spline", steps=1, batch_size=4,
+                 guide_options={"no_such_option": 1})

@@ -69,6 +69,7 @@ def amortize(
     family: str = "normal",
     encoder: Union[str, nn.Module] = "mlp",
     embed_dim: int = 64,
+    guide_options: Optional[Mapping[str, Any]] = None,
     steps: int = 2000,
     batch_size: int = 256,
     simulations: Optional[int] = None,
@@ -83,6 +84,8 @@ def amortize(
 ) -> AmortizedFit:
     """Train an amortized guide for ``model``; the data passed only fix the observations' shapes.
 
+    ``guide_options`` go to :class:`AmortizedGuide` (``flows``, ``hidden``, ``bins`` for flow families).
+
     ``objective="npe"`` (alias "csis"): fresh prior-predictive pairs each step (or a fixed set of
     ``simulations`` pairs, in minibatches of ``batch_size``). ``"elbo"`` / ``"iwae"``: ``particles``
     draws per observation from ``observations`` (M, *obs_shape), or simulated ones when not given.
@@ -92,7 +95,7 @@ def amortize(
         joint = JointDensity(program)
         if guide is None:
             enc = make_encoder(encoder, joint.obs_shape, embed_dim)
-            guide = AmortizedGuide(joint.dim, enc, embed_dim, family=family)
+            guide = AmortizedGuide(joint.dim, enc, embed_dim, family=family, **dict(guide_options or {}))
         guide = guide.to(device=joint.target.device, dtype=joint.target.dtype)
         data_z = data_x = None
         if observations is not None:

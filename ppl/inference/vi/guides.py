@@ -205,14 +205,14 @@ class AmortizedGuide(Guide):
 
     ``family`` is "normal" (diagonal), "fullrank" (Cholesky factor from the network), "flow"
     (conditional affine autoregressive layers with the encoder's output as context) or "spline"
-    (conditional rational-quadratic spline autoregressive layers). Draws have
-    shape (n, B, D). ``condition(x)`` fixes one observation and returns an unamortized guide.
+    (conditional rational-quadratic spline autoregressive layers with ``bins`` bins on [-5, 5]);
+    ``flows`` layers with autoregressive networks of ``hidden`` sizes. Draws have shape (n, B, D). ``condition(x)`` fixes one observation and returns an unamortized guide.
     """
 
     amortized = True
 
     def __init__(self, dim: int, encoder: nn.Module, embed_dim: int, family: str = "normal",
-                 flows: int = 3, hidden: Optional[Sequence[int]] = None) -> None:
+                 flows: int = 3, hidden: Optional[Sequence[int]] = None, bins: int = 8) -> None:
         super().__init__(dim)
         if family not in ("normal", "fullrank", "flow", "spline"):
             raise ValueError(f"family must be 'normal', 'fullrank', 'flow' or 'spline', got {family!r}")
@@ -228,9 +228,9 @@ class AmortizedGuide(Guide):
             hidden = list(hidden or [max(32, 4 * dim)] * 2)
             def layer():
                 if dim == 1:
-                    return T.conditional_spline(1, embed_dim, count_bins=8, bound=5.0)
+                    return T.conditional_spline(1, embed_dim, count_bins=bins, bound=5.0)
                 if family == "spline":
-                    return T.conditional_spline_autoregressive(dim, embed_dim, hidden_dims=hidden, count_bins=8, bound=5.0)
+                    return T.conditional_spline_autoregressive(dim, embed_dim, hidden_dims=hidden, count_bins=bins, bound=5.0)
                 return T.conditional_affine_autoregressive(dim, embed_dim, hidden_dims=hidden)
 
             self.flows = nn.ModuleList([layer() for _ in range(int(flows))])
