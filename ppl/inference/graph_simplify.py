@@ -6,7 +6,8 @@ expands to the shape a tensor already has. Each such node still costs a few micr
 in TorchScript (and compile time under inductor), and for small models they outnumber the real
 work. :func:`simplify` evaluates the graph once at example inputs, replaces every input-independent
 value by a stored constant, short-circuits shape no-ops and arithmetic identities, and removes dead
-nodes. Graphs with in-place operations are only short-circuited and pruned, never folded.
+nodes. A tensor that an in-place operation writes to (Pyro's distributions use ``masked_fill_``),
+and every tensor it is a view of, is never folded or short-circuited.
 """
 from __future__ import annotations
 
@@ -35,6 +36,32 @@ def _is_mutating(target: Any) -> bool:
     return isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
 
 
+_VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default,
+          aten.permute.default, aten.transpose.int, aten.t.default, aten.slice.Tensor, aten.select.int,
+          aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.default, aten.alias.default,
+          aten.detach.default, aten.as_strided.default, aten.diagonal.default}
+
+
+def _written(gm: fx.GraphModule) -> set:
+    """Nodes whose storage an in-place op writes: the ops' mutated arguments and the tensors they view."""
+    out: set = set()
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or not _is_mutating(n.target):
+            continue
+        out.add(n)
+        for arg, spec in zip(n.args, n.target._schema.arguments):
+            if isinstance(arg, fx.Node) and spec.alias_info is not None and spec.alias_info.is_write:
+                stack = [arg]
+                while stack:
+                    m = stack.pop()
+                    if m in out:
+                        continue
+                    out.add(m)
+                    if m.op == "call_function" and m.target in _VIEWS and m.args and isinstance(m.args[0], fx.Node):
+                        stack.append(m.args[0])
+    return out
+
+
 def _nodes_in(args: Any) -> list:
     found: list = []
     fx.node.map_arg(args, found.append)
@@ -55,9 +82,11 @@ def _values(gm: fx.GraphModule, example: tuple) -> Dict[fx.Node, Any]:
     return values
 
 
-def _constant_nodes(gm: fx.GraphModule) -> set:
+def _constant_nodes(gm: fx.GraphModule, written: set) -> set:
     const: set = set()
     for n in gm.graph.nodes:
+        if n in written:
+            continue
         if n.op == "get_attr":
             const.add(n)
         elif n.op == "call_function" and not _is_random(n.target):
@@ -120,15 +149,14 @@ def _passthrough(gm: fx.GraphModule, n: fx.Node, values: Dict[fx.Node, Any]):
 
 def simplify(gm: fx.GraphModule, example: tuple) -> fx.GraphModule:
     """Fold constants and drop no-ops in ``gm`` (in place); ``example`` are inputs it runs at."""
+    written = _written(gm)
     values = _values(gm, example)
-    mutating = any(n.op == "call_function" and _is_mutating(n.target) for n in gm.graph.nodes)
-    if not mutating:
-        _fold(gm, values, _constant_nodes(gm))
-        for n in list(gm.graph.nodes):
-            if n.op == "call_function":
-                keep = _passthrough(gm, n, values)
-                if keep is not None:
-                    n.replace_all_uses_with(keep)
+    _fold(gm, values, _constant_nodes(gm, written))
+    for n in list(gm.graph.nodes):
+        if n.op == "call_function" and n not in written:
+            keep = _passthrough(gm, n, values)
+            if keep is not None and keep not in written:
+                n.replace_all_uses_with(keep)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
