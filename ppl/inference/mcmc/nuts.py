@@ -8,6 +8,7 @@ is the lockstep cost (batched evaluations actually run), ``n_steps`` each chain'
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -36,6 +37,16 @@ def _checkpoint_range(i: int) -> Tuple[int, int]:
     while k & 1:
         trailing, k = trailing + 1, k >> 1
     return idx_max - trailing + 1, idx_max
+
+
+@functools.lru_cache(maxsize=4096)
+def _leaf_masks(i: int, k: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(checkpoint slot an even leaf ``i`` writes, checkpoints an odd leaf ``i`` checks), as (k,) masks."""
+    slots = torch.arange(k, device=device)
+    if i % 2 == 0:
+        return slots == bin(i >> 1).count("1"), torch.zeros(k, dtype=torch.bool, device=device)
+    lo, hi = _checkpoint_range(i)
+    return torch.zeros(k, dtype=torch.bool, device=device), (slots >= lo) & (slots <= hi)
 
 
 class NUTS:
@@ -80,9 +91,6 @@ class NUTS:
         n_evals = 0
         ck_p = z0.new_zeros((k, c, d))
         ck_sum = torch.zeros_like(ck_p)
-        no_slot = torch.zeros(k, dtype=torch.bool, device=z0.device)
-        slots = torch.eye(k, dtype=torch.bool, device=z0.device)
-        ranges = {}
         runners = {}
 
         def run(name, fn, args):
@@ -100,13 +108,7 @@ class NUTS:
                 if i > 0 and not bool(sub.ok.any()):
                     break
                 n_evals += 1
-                if i % 2 == 0:
-                    write, check = slots[bin(i >> 1).count("1")], no_slot
-                else:
-                    if i not in ranges:
-                        lo, hi = _checkpoint_range(i)
-                        ranges[i] = (torch.arange(k, device=z0.device) >= lo) & (torch.arange(k, device=z0.device) <= hi)
-                    write, check = no_slot, ranges[i]
+                write, check = _leaf_masks(i, k, z0.device)
                 out = run("nuts_leaf", _leaf, (cur, h0, sub, ck_p, ck_sum, sum_accept, n_leaves, diverging,
                                                 step, inv_mass, write, check, torch.rand_like(lp0), threshold))
                 cur, sub, (ck_p, ck_sum, sum_accept, n_leaves, diverging) = out[0], Subtree(*out[1:7]), out[7:]
