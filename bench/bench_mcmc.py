@@ -8,6 +8,7 @@ whole run (warmup, and for ppl the one-off graph recording, included). Writes
 
     python bench/bench_mcmc.py                      # everything
     python bench/bench_mcmc.py --warmup 200 --draws 300 --skip-pyro   # quick
+    python bench/bench_mcmc.py --memory 1024 2048 4096 8192 [--device cuda]   # peak memory vs chains
 """
 from __future__ import annotations
 
@@ -54,6 +55,46 @@ def run_ppl(name: str, chains: int, warmup: int, draws: int, compile, seed: int 
             "lockstep_efficiency": a["lockstep_efficiency"], "divergences": a["num_divergent"],
             "mean_tree_depth": float(post.sample_stats["tree_depth"].float().mean()),
             "ms_per_batched_leapfrog": 1e3 * a["sampling_s"] / max(a["grad_evals_spent"] / chains, 1)}
+
+
+def peak_memory(name: str, chains: int, device: str, iters: int = 20) -> float:
+    """Peak memory (MiB) of a short NUTS run: the CUDA allocator's peak on a GPU, the process's max RSS on CPU.
+
+    The sampler's own memory: pointwise log-likelihoods (chains x draws x 1000 values, kept on the
+    host) are off. On CPU each measurement runs in a fresh subprocess (max RSS never goes down).
+    """
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        spec = get_model(name)
+        mcmc(spec.model, model_kwargs=spec.data(seed=0), kernel="nuts", chains=chains, warmup=iters, draws=iters,
+             seed=0, progress=False, device=device, log_likelihood=False)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    import subprocess
+    import sys
+    code = (f"import resource, torch; torch.set_num_threads(1)\n"
+            f"from ppl.inference.mcmc import mcmc\nfrom ppl.models import get_model\n"
+            f"spec = get_model({name!r})\n"
+            f"mcmc(spec.model, model_kwargs=spec.data(seed=0), kernel='nuts', chains={chains}, warmup={iters}, "
+            f"draws={iters}, seed=0, progress=False, log_likelihood=False)\n"
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_rows(name: str, chains_list: List[int], device: str) -> List[dict]:
+    """Peak memory against the number of chains, with the marginal MiB per chain between successive sizes."""
+    rows, prev = [], None
+    for c in chains_list:
+        mib = peak_memory(name, c, device)
+        row = {"model": name, "device": device, "chains": c, "peak_mib": mib}
+        if prev is not None:
+            row["mib_per_extra_chain"] = (mib - prev[1]) / (c - prev[0])
+        rows.append(row)
+        prev = (c, mib)
+        print(row, flush=True)
+    return rows
 
 
 def run_pyro(name: str, warmup: int, draws: int, jit: bool, seed: int = 0) -> dict:
@@ -125,10 +166,17 @@ def main() -> None:
     ap.add_argument("--compile", nargs="+", default=["auto", "inductor"],
                     help="ppl compile modes to run (auto = traced graphs; inductor = fused C++ kernels; False = none)")
     ap.add_argument("--skip-numpyro", action="store_true")
+    ap.add_argument("--memory", nargs="*", type=int, default=None,
+                    help="only measure peak memory of logistic regression at these chain counts (e.g. 1024 4096 8192)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--device", default="cpu", help="device for ppl (e.g. cuda, with --chains 1 64 1024 8192)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.memory is not None:
+        rows = memory_rows("logistic_regression", args.memory or [1024, 2048, 4096, 8192], args.device)
+        out_path = args.out.with_name(f"mcmc_memory_{args.device.split(':')[0]}.json")
+        out_path.write_text(json.dumps({"benchmark": "mcmc_memory", "torch": torch.__version__, "rows": rows}, indent=2))
+        return
     try:
         import numpyro  # noqa: F401
         have_numpyro = True

@@ -68,14 +68,19 @@ def _nodes_in(args: Any) -> list:
     return found
 
 
-def _values(gm: fx.GraphModule, example: tuple) -> Dict[fx.Node, Any]:
-    """Every node's value at the example inputs."""
+def _values(gm: fx.GraphModule, example: tuple, keep: set) -> Dict[fx.Node, Any]:
+    """Each node's value at the example inputs: kept in full for the nodes in ``keep`` (constants to
+    fold), as a data-free meta tensor of the same shape and dtype for the others (a recorded graph
+    over many chains has large intermediates, which the interpreter frees after their last use)."""
     values: Dict[fx.Node, Any] = {}
 
     class Record(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            values[n] = out
+            if n in keep or not isinstance(out, torch.Tensor):
+                values[n] = out
+            else:
+                values[n] = torch.empty(out.shape, dtype=out.dtype, device="meta")
             return out
 
     Record(gm).run(*example)
@@ -96,18 +101,29 @@ def _constant_nodes(gm: fx.GraphModule, written: set) -> set:
 
 
 def _fold(gm: fx.GraphModule, values: Dict[fx.Node, Any], const: set) -> None:
-    """Replace each constant value that a non-constant node (or the output) uses by one stored tensor."""
+    """Replace each constant value that a non-constant node (or the output) uses by one stored tensor.
+
+    A constant that is an expand of a constant is stored unexpanded and expanded in the graph (a
+    free view), so data broadcast over many chains is not stored once per chain.
+    """
     graph = gm.graph
     for i, n in enumerate(list(const)):
         if n.op == "get_attr" or not isinstance(values.get(n), torch.Tensor):
             continue
         if all(u in const for u in n.users):
             continue  # only feeds other constants: dies with them
+        value, shape = values[n], None
+        src = n.args[0] if n.target == aten.expand.default else None
+        if isinstance(src, fx.Node) and isinstance(values.get(src), torch.Tensor) and src in const:
+            value, shape = values[src], list(n.args[1])
         name = f"_folded_{i}"
-        gm.register_buffer(name, values[n].detach().clone())
+        gm.register_buffer(name, value.detach().clone())
         with graph.inserting_before(n):
             attr = graph.get_attr(name)
-        values[attr] = values[n]
+            values[attr] = value
+            if shape is not None:
+                attr = graph.call_function(aten.expand.default, (attr, shape))
+                values[attr] = values[n]
         n.replace_all_uses_with(attr)
 
 
@@ -150,8 +166,9 @@ def _passthrough(gm: fx.GraphModule, n: fx.Node, values: Dict[fx.Node, Any]):
 def simplify(gm: fx.GraphModule, example: tuple) -> fx.GraphModule:
     """Fold constants and drop no-ops in ``gm`` (in place); ``example`` are inputs it runs at."""
     written = _written(gm)
-    values = _values(gm, example)
-    _fold(gm, values, _constant_nodes(gm, written))
+    const = _constant_nodes(gm, written)
+    values = _values(gm, example, const)
+    _fold(gm, values, const)
     for n in list(gm.graph.nodes):
         if n.op == "call_function" and n not in written:
             keep = _passthrough(gm, n, values)

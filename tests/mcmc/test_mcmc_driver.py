@@ -217,3 +217,13 @@ def test_nuts_on_cuda(normal_data):
     assert post.samples["mu"].shape == (64, 100)
     m, s = normal_normal_posterior(torch.as_tensor(data["y"]), **{k: v for k, v in data.items() if k != "y"})
     assert abs(float(post.samples["mu"].double().mean()) - m) < 0.1 * s
+
+
+def test_log_likelihood_can_be_skipped_and_lives_on_the_host():
+    spec = get_model("eight_schools_noncentered")
+    runs = [mcmc(spec.model, model_kwargs=spec.data(), chains=2, warmup=20, draws=10, seed=0, progress=False,
+                 log_likelihood=flag) for flag in (True, False)]
+    assert runs[0].log_likelihood["y"].shape == (2, 10, 8) and runs[0].log_likelihood["y"].device.type == "cpu"
+    assert runs[1].log_likelihood == {}
+    assert torch.equal(runs[0].samples["mu"], runs[1].samples["mu"])
+    assert "log_likelihood" not in runs[1].to_arviz().groups()

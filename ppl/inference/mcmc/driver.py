@@ -204,6 +204,7 @@ def mcmc(
     dense_mass: bool = False,
     pool_adaptation: bool = True,
     compile: Union[bool, str] = "auto",
+    log_likelihood: bool = True,
     **kernel_options: Any,
 ) -> Result:
     """Run ``chains`` batched chains of ``kernel`` on the posterior of ``model(*args, **model_kwargs)``.
@@ -219,7 +220,9 @@ def mcmc(
     to keep its tuning). ``compile``: "auto" (default: record the log density's graph once per
     run and replay it without Python, checked against the plain path, falling back to it),
     False, "fx" or "inductor" (see :class:`Potential`); use False for programs whose control
-    flow depends on latent values. ``kernel_options`` go to the kernel's constructor.
+    flow depends on latent values. ``log_likelihood``: pointwise log-likelihoods of every draw
+    (for ArviZ's loo / waic), chains x draws x observations values computed in chunks and kept on
+    the host; turn it off for very large runs. ``kernel_options`` go to the kernel's constructor.
     Ctrl-C returns the draws so far with ``attrs["interrupted"] == 1``.
 
     Discrete latent sites with finite support (Bernoulli, Categorical, Binomial, ...) are
@@ -313,7 +316,7 @@ def mcmc(
             bar.close()
         t_end = time.perf_counter()
         result = _build_result(target, program, kept, stats, state, getattr(k, "name", "mcmc"),
-                               kept_discrete if gibbs is not None else None)
+                               kept_discrete if gibbs is not None else None, log_likelihood)
     # flags are stored as 0/1: netCDF attributes have no boolean type
     result.attrs.update({
         "chains": chains, "warmup": warmup, "draws": result.num_draws, "thin": thin,
@@ -334,8 +337,10 @@ def mcmc(
 
 def _build_result(target: UnconstrainedTarget, program: Program, kept: List[torch.Tensor],
                   stats: Dict[str, List[torch.Tensor]], state: ChainState, engine: str,
-                  discrete: Optional[List[Dict[str, torch.Tensor]]] = None) -> Result:
+                  discrete: Optional[List[Dict[str, torch.Tensor]]] = None, log_likelihood: bool = True) -> Result:
     """Named samples (chain, draw, *shape), sample stats and log-likelihoods from the kept points.
+
+    Log-likelihoods (chains x draws x observations: the largest part of a big run) go to the host chunk by chunk.
 
     ``discrete``: the Gibbs-sampled discrete values kept with each draw (batched, per chain); the
     continuous draws are mapped back with the discrete sites held at the values of the same draw.
@@ -356,11 +361,11 @@ def _build_result(target: UnconstrainedTarget, program: Program, kept: List[torc
     for s in range(0, c * n, chunk):
         if fixed_draws:
             target.fixed = {name: v[s:s + chunk] for name, v in fixed_draws.items()}
-        out = target.constrain(flat[s:s + chunk], observed=True)
+        out = target.constrain(flat[s:s + chunk], observed=log_likelihood)
         for name, v in out.items():
             if name == "__log_likelihood__":
                 for o, ll in v.items():
-                    loglik.setdefault(o, []).append(ll)
+                    loglik.setdefault(o, []).append(ll.cpu())
             else:
                 samples.setdefault(name, []).append(v)
     target.fixed = saved_fixed
