@@ -147,3 +147,19 @@ def test_fused_hmc_reproduces_plain_hmc(kernel):
                 torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-4)
             else:
                 assert torch.equal(x, y)
+
+
+def test_inductor_failure_falls_back_to_the_traced_graph(monkeypatch):
+    import ppl.inference.mcmc.potential as P
+
+    def broken(graph, probe):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(P, "_inductor", broken)
+    target = target_of("eight_schools_noncentered")
+    z = torch.randn(3, target.dim, dtype=target.dtype)
+    potential = Potential(target, compile="inductor")
+    with pytest.warns(RuntimeWarning, match="inductor could not compile"):
+        assert potential.compiled_for(z)
+    for got, want in zip(potential(z), Potential(target, compile=False)(z)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

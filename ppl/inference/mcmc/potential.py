@@ -183,22 +183,25 @@ class Potential:
         # tracers tell inputs apart by tensor identity: one tensor passed twice (a tree whose two
         # ends are still its start point) would become one input, so every input gets its own copy
         probe = tuple(a.clone(memory_format=torch.contiguous_format) for a in probe)
-        with warnings.catch_warnings():
+        failure = None
+        with warnings.catch_warnings():  # tracing warnings are noise here; the graph is checked afterwards
             warnings.simplefilter("ignore")
             fn = simplify(make_fx(lambda *a: eager(*a))(*probe), probe)
             if self.mode == "inductor":
                 try:
                     return _inductor(fn, probe)
                 except Exception as e:  # noqa: BLE001 - no C++ compiler, unsupported op, ...: trace instead
-                    warnings.warn(f"inductor could not compile the graph ({type(e).__name__}: {e}); "
-                                  "using the traced graph", RuntimeWarning)
+                    failure = e
             if self.mode in ("trace", "inductor"):
                 fn = torch.jit.trace(fn, probe, check_trace=False)
                 try:  # freezing inlines constants and drops no-op nodes
                     fn = torch.jit.freeze(fn.eval())
                 except Exception:  # noqa: BLE001 - an unfrozen traced graph is still correct
                     pass
-            return fn
+        if failure is not None:
+            warnings.warn(f"inductor could not compile the graph ({type(failure).__name__}: {failure}); "
+                          "using the traced graph", RuntimeWarning)
+        return fn
 
     @staticmethod
     def _agree(want: tuple, got: tuple) -> bool:
