@@ -217,18 +217,28 @@ class Potential:
                 return False
         return True
 
-    def _record_exact(self, eager: Callable, args: tuple) -> Optional[Callable]:
+    def _record_checked(self, eager: Callable, probe: tuple, checks: list, what: str) -> Optional[Callable]:
+        """Compile ``eager`` at ``probe``; keep it only if it agrees with ``eager`` at every point of ``checks``.
+
+        Any failure (recording, compiling, a disagreement) means the plain path, with a warning.
+        """
         try:
-            fn = self._compile(eager, args)
-            if not self._agree(eager(*args), fn(*args)):
-                raise RuntimeError("the recorded kernel step disagrees with the plain one")
+            fn = self._compile(eager, probe)
+            for point in checks:
+                if not self._agree(eager(*point), fn(*point)):
+                    raise RuntimeError(f"the recorded graph of {what} disagrees with the plain path")
             return fn
         except Exception as e:  # noqa: BLE001 - any failure means: use the plain path
-            warnings.warn(f"compile={self.mode!r} failed for a fused kernel step ({type(e).__name__}: {e}); "
+            warnings.warn(f"compile={self.mode!r} failed for {what} ({type(e).__name__}: {e}); "
                           "running it uncompiled", RuntimeWarning)
             return None
 
+    def _record_exact(self, eager: Callable, args: tuple) -> Optional[Callable]:
+        """A fused kernel step: checked at its own (unperturbable) arguments."""
+        return self._record_checked(eager, args, [args], "a fused kernel step")
+
     def _record(self, eager: Callable, args: tuple, n_fixed: int = 0) -> Optional[Callable]:
+        """The program's log density: recorded near ``args``, checked at two fresh points."""
         core, fixed = args[:len(args) - n_fixed], args[len(args) - n_fixed:]
 
         # a private generator: recording must not move the caller's random stream (same seed, same draws)
@@ -244,17 +254,8 @@ class Potential:
             beta = torch.rand(core[-1].shape, generator=gen, dtype=core[-1].dtype, device=z.device)
             return (z,) + rest[:-1] + (beta,) + tuple(f[rows] for f in fixed)
 
-        try:
-            fn = self._compile(eager, perturb(0.1))
-            for scale in (0.5, 1.5):
-                check = perturb(scale)
-                if not self._agree(eager(*check), fn(*check)):
-                    raise RuntimeError("the recorded graph disagrees with the program at a fresh point")
-            return fn
-        except Exception as e:  # noqa: BLE001 - any failure means: use the plain path
-            warnings.warn(f"compile={self.mode!r} failed for this program ({type(e).__name__}: {e}); "
-                          "using the plain (uncompiled) log density", RuntimeWarning)
-            return None
+        probe = perturb(0.1)
+        return self._record_checked(eager, probe, [perturb(0.5), perturb(1.5)], "this program's log density")
 
     def compiled_for(self, z: torch.Tensor) -> bool:
         """Whether calls at ``z``'s shape use a recorded graph."""
