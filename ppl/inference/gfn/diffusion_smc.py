@@ -21,7 +21,6 @@ the Lee-Whiteley standard error, ESS and resampling history, and the particles' 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 

@@ -119,7 +119,7 @@ class Trajectories:
     actions: torch.Tensor
     length: torch.Tensor
     log_reward: torch.Tensor
-    log_pf_sum: Optional[torch.Tensor] = None  # on-policy fast path: sum log P_F with its graph
+    log_pf_sum: Optional[torch.Tensor] = None  # on-policy TB: sum log P_F with its graph (trajectory_log_pf)
 
     @property
     def n(self) -> int:
@@ -212,14 +212,15 @@ def sample_actions(log_probs: torch.Tensor, mask: torch.Tensor, epsilon: float =
 
 def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: float = 1.0,
                    generator: Optional[torch.Generator] = None, start: Optional[torch.Tensor] = None,
-                   max_steps: Optional[int] = None, with_log_pf: bool = False) -> Trajectories:
+                   max_steps: Optional[int] = None) -> Trajectories:
     """Roll out ``n`` trajectories with the forward policy (plus exploration), one step at a time.
 
     ``start`` begins the rollouts at given states instead of the initial state (local search
     rebuilds from there); the loop runs over steps only, every trajectory advancing together, and
-    the network sees only the trajectories still running. With ``with_log_pf`` the policy's
-    log P_F of each trajectory is kept with its autograd graph in ``log_pf_sum`` (the on-policy
-    fast path of trajectory balance: no second network pass).
+    the network sees only the trajectories still running, once per distinct state. The rollout
+    runs without autograd; losses score the batch afterwards (:func:`~ppl.inference.gfn.losses.evaluate`,
+    or ``trajectory_log_pf`` for on-policy TB): one network pass over the distinct states of the
+    whole batch is cheaper than an autograd graph through every step.
     """
     s = env.initial(n) if start is None else start
     n = s.shape[0]
@@ -227,8 +228,7 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
     done = torch.zeros(n, dtype=torch.bool, device=s.device)
     length = torch.zeros(n, dtype=torch.long, device=s.device)
     states, actions = [s], []
-    log_pf_sum = None
-    with torch.set_grad_enabled(with_log_pf and torch.is_grad_enabled()):
+    with torch.no_grad():
         for _ in range(T):
             active = (~done).nonzero().squeeze(1)
             sa = s[active]
@@ -237,11 +237,7 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
             logp = policy.log_pf(env.encode(distinct), mask)
             if inverse is not None:
                 logp, mask = logp[inverse], mask[inverse]
-            with torch.no_grad():
-                a_act = sample_actions(logp.detach(), mask, epsilon, temperature, generator)
-            if with_log_pf:
-                lp = logp.gather(1, a_act.unsqueeze(1)).squeeze(1)
-                log_pf_sum = lp.new_zeros(n).index_add(0, active, lp) if log_pf_sum is None else log_pf_sum.index_add(0, active, lp)
+            a_act = sample_actions(logp, mask, epsilon, temperature, generator)
             a = torch.full((n,), -1, dtype=torch.long, device=s.device).index_copy(0, active, a_act)
             is_stop = (a == env.stop) | done
             nxt = sa.clone()
@@ -259,9 +255,7 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
         raise RuntimeError(f"{type(env).__name__}: trajectories did not stop within {T} steps; "
                            "check max_steps and the stop mask")
     st = torch.stack(states)
-    tr = Trajectories(st, torch.stack(actions), length, env.log_reward(st[-1]))
-    tr.log_pf_sum = log_pf_sum
-    return tr
+    return Trajectories(st, torch.stack(actions), length, env.log_reward(st[-1]))
 
 
 def uniform_log_pb_sum(env: Env, tr: Trajectories) -> torch.Tensor:

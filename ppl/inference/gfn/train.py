@@ -146,8 +146,7 @@ class Trainer:
         """One training batch: on-policy (or explored) rollouts, plus replayed and local-search ones."""
         c, env = self.config, self.env
         fast = c.loss in ("tb", "vargrad") and not c.replay and not self.policy.learn_pb
-        with torch.no_grad():
-            tr = sample_forward(env, self.policy, c.batch_size, c.epsilon, c.temperature, self.generator)
+        tr = sample_forward(env, self.policy, c.batch_size, c.epsilon, c.temperature, self.generator)
         if fast:  # on-policy TB / VarGrad: log P_F scored in one pass over the batch's distinct states
             tr.log_pf_sum = trajectory_log_pf(env, self.policy, tr)
         if not bool(torch.isfinite(tr.log_reward).any()):
@@ -173,7 +172,7 @@ class Trainer:
         tr = self.batch()
         if self.iteration == 0 and self.config.init_log_z:
             self._init_log_z(tr)
-        if tr.log_pf_sum is not None:  # on-policy TB / VarGrad: log P_F kept from the rollout
+        if tr.log_pf_sum is not None:  # on-policy TB / VarGrad: log P_F scored in the batch pass
             d = tr.log_pf_sum - tr.log_reward - uniform_log_pb_sum(self.env, tr)
             loss = (d + self.policy.log_z).pow(2).mean() if self.config.loss == "tb" else (d - d.mean()).pow(2).mean()
         else:
