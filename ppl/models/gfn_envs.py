@@ -36,6 +36,7 @@ class HyperGrid(Env):
         self.max_steps = ndim * (height - 1) + 1
         self.encoding_dim = ndim * height
         self._powers = height ** torch.arange(ndim, device=self.device)
+        self._offsets = height * torch.arange(ndim, device=self.device)
 
     def initial(self, n: int) -> torch.Tensor:
         return torch.zeros(n, self.ndim, dtype=torch.long, device=self.device)
@@ -47,8 +48,7 @@ class HyperGrid(Env):
         return s > 0
 
     def step(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        onehot = torch.nn.functional.one_hot(a.clamp(max=self.ndim - 1), self.ndim) * (a < self.ndim).unsqueeze(1)
-        return s + onehot
+        return s.scatter_add(1, a.clamp(max=self.ndim - 1).unsqueeze(1), (a < self.ndim).long().unsqueeze(1))
 
     def backward_step(self, s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return s - torch.nn.functional.one_hot(b, self.ndim)
@@ -67,7 +67,9 @@ class HyperGrid(Env):
     state_log_reward = log_reward
 
     def encode(self, s: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.one_hot(s, self.height).reshape(s.shape[0], -1).float()
+        """One-hot per coordinate, ``(n, ndim * height)`` (a scatter: ``one_hot`` checks its input's range)."""
+        out = torch.zeros(s.shape[0], self.ndim * self.height, device=s.device, dtype=torch.float32)
+        return out.scatter_(1, s + self._offsets, 1.0)
 
     def all_states(self) -> torch.Tensor:
         grids = torch.meshgrid(*[torch.arange(self.height, device=self.device)] * self.ndim, indexing="ij")
@@ -75,6 +77,9 @@ class HyperGrid(Env):
 
     def state_index(self, s: torch.Tensor) -> torch.Tensor:
         return (s * self._powers).sum(-1)
+
+    def state_key(self, s: torch.Tensor) -> torch.Tensor:
+        return self.state_index(s)
 
 
 class Ising(Env):

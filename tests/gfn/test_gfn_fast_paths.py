@@ -4,6 +4,7 @@
 trajectory-balance score (one network pass over the batch's distinct states) must equal the
 per-step log P_F of :func:`evaluate`, gradients included.
 """
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,12 +38,17 @@ def test_distinct_states_wide_rows_and_float_states():
     assert distinct_states(floats)[1] is None
 
 
-def test_trajectory_log_pf_equals_evaluate_with_gradients():
+@pytest.mark.parametrize("keep_inputs", [False, True])
+def test_trajectory_log_pf_equals_evaluate_with_gradients(keep_inputs):
+    """Both scoring routes (recomputed distinct states, or the rollout's kept inputs) match evaluate."""
     env = HyperGrid(3, 5, R0=0.1)
     trainer = Trainer(env, config=TrainConfig(loss="tb", batch_size=128), seed=0, hidden=32)
     trainer.train(20)
     with torch.no_grad():
-        tr = sample_forward(env, trainer.policy, 128, generator=torch.Generator().manual_seed(1))
+        tr = sample_forward(env, trainer.policy, 128, generator=torch.Generator().manual_seed(1), keep_inputs=keep_inputs)
+    assert (tr.forward_inputs is not None) == keep_inputs
+    if keep_inputs:  # one row per distinct state of each step, far fewer than the batch's states
+        assert tr.forward_inputs.encoded.shape[0] < int(tr.length.sum()) // 2
     fast = trajectory_log_pf(env, trainer.policy, tr)
     slow = evaluate(env, trainer.policy, tr).sum_log_pf()
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
@@ -51,3 +57,16 @@ def test_trajectory_log_pf_equals_evaluate_with_gradients():
     g_slow = torch.autograd.grad(slow.square().sum(), params)
     for a, b in zip(g_fast, g_slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_rollouts_do_not_depend_on_the_state_key():
+    """The environment's state_key is only a shortcut: rollouts are identical without it."""
+    env = HyperGrid(3, 5, R0=0.1)
+    policy = Trainer(env, config=TrainConfig(loss="tb", batch_size=64), seed=0, hidden=32).policy
+    a = sample_forward(env, policy, 200, generator=torch.Generator().manual_seed(3))
+    env.state_key = lambda s: None
+    b = sample_forward(env, policy, 200, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.states, b.states) and torch.equal(a.actions, b.actions)
+    assert torch.equal(a.length, (a.actions >= 0).sum(0)) and int(a.length.min()) >= 1
+    onehot = torch.nn.functional.one_hot(a.states[-1], env.height).reshape(200, -1).float()
+    assert torch.equal(env.encode(a.states[-1]), onehot)

@@ -76,6 +76,14 @@ class Env:
         """Float ``(n, encoding_dim)`` input of the policy network."""
         raise NotImplementedError
 
+    def state_key(self, states: torch.Tensor) -> Optional[torch.Tensor]:
+        """Optional int64 ``(n,)`` key, equal exactly when the states are equal; None: derived from the entries.
+
+        Rollouts deduplicate states every step; an environment that can number its states
+        cheaply (HyperGrid: the cell index) saves that derivation.
+        """
+        return None
+
     def is_initial(self, states: torch.Tensor) -> torch.Tensor:
         s0 = self.initial(1)
         return (states.reshape(states.shape[0], -1) == s0.reshape(1, -1)).all(-1)
@@ -120,6 +128,7 @@ class Trajectories:
     length: torch.Tensor
     log_reward: torch.Tensor
     log_pf_sum: Optional[torch.Tensor] = None  # on-policy TB: sum log P_F with its graph (trajectory_log_pf)
+    forward_inputs: Optional["ForwardInputs"] = None  # what the rollout fed the policy (sample_forward(keep_inputs=True))
 
     @property
     def n(self) -> int:
@@ -166,34 +175,36 @@ def uniform_log_pb(env: Env, states: torch.Tensor) -> torch.Tensor:
     return masked_log_softmax(torch.zeros(mask.shape, device=states.device), mask)
 
 
-def distinct_states(states: torch.Tensor, worth: float = 0.75):
+def distinct_states(states: torch.Tensor, worth: float = 0.75, key: Optional[torch.Tensor] = None):
     """``(distinct rows, inverse index)`` of a batch of discrete states, or ``(states, None)``.
 
     A batch of rollouts revisits the same states (every trajectory starts at s0; on a grid the
     states t steps in lie on one diagonal), and the policy network is a pure function of the state,
     so it need only run once per distinct state: ``out[inverse]`` gives every row its value, and
     gradients add up over the duplicates through the indexing. Continuous states, or batches with
-    more than ``worth`` of their rows distinct, are returned as they are.
+    more than ``worth`` of their rows distinct, are returned as they are. ``key`` (int64 ``(n,)``,
+    equal exactly for equal states, e.g. :meth:`Env.state_key`) skips deriving one from the entries.
     """
     n = states.shape[0]
     if states.is_floating_point() or n < 8:
         return states, None
-    flat = states.reshape(n, -1).long()
-    lo = flat.amin(0)
-    span = flat.amax(0) - lo + 1
-    if float(span.double().log2().sum()) < 62:  # rows fit one int64 key (mixed radix): a 1-D unique is fast
+    if key is None:
+        flat = states.reshape(n, -1).long()
+        lo = flat.amin(0)
+        span = flat.amax(0) - lo + 1
+        if float(span.double().log2().sum()) >= 62:  # rows do not fit one int64 key: unique over rows
+            uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+            if uniq.shape[0] > worth * n:
+                return states, None
+            return uniq.to(states.dtype).reshape((-1,) + tuple(states.shape[1:])), inverse
         strides = torch.cumprod(torch.cat([span.new_ones(1), span[:-1]]), 0)
-        _, inverse = torch.unique((flat - lo) @ strides, return_inverse=True)
-        count = int(inverse.max()) + 1
-        if count > worth * n:
-            return states, None
-        first = torch.full((count,), n, dtype=torch.long, device=flat.device).scatter_reduce(
-            0, inverse, torch.arange(n, device=flat.device), "amin")
-        return states[first], inverse
-    uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        key = (flat - lo) @ strides  # mixed radix: one int64 per row, so a 1-D unique (fast)
+    uniq, inverse = torch.unique(key, return_inverse=True)
     if uniq.shape[0] > worth * n:
         return states, None
-    return uniq.to(states.dtype).reshape((-1,) + tuple(states.shape[1:])), inverse
+    # any row of a key is a representative (its duplicates are the same state)
+    first = inverse.new_empty(uniq.shape[0]).scatter_(0, inverse, torch.arange(n, device=inverse.device))
+    return states.index_select(0, first), inverse
 
 
 def sample_actions(log_probs: torch.Tensor, mask: torch.Tensor, epsilon: float = 0.0,
@@ -205,14 +216,28 @@ def sample_actions(log_probs: torch.Tensor, mask: torch.Tensor, epsilon: float =
     if epsilon > 0.0:
         uni = masked_log_softmax(torch.zeros_like(logp), mask)
         logp = torch.logaddexp(logp + torch.log1p(torch.tensor(-epsilon)), uni + torch.log(torch.tensor(epsilon)))
-    u = torch.rand(logp.shape, device=logp.device, generator=generator).clamp_(1e-20, 1.0)
-    g = -torch.log(-torch.log(u))
-    return (logp.masked_fill(~mask, float("-inf")) + g).argmax(-1)
+    g = torch.rand(logp.shape, device=logp.device, generator=generator).clamp_(1e-20, 1.0)
+    g = g.log_().neg_().log_().neg_()  # Gumbel(0, 1), in place
+    return torch.where(mask, logp, float("-inf")).add_(g).argmax(-1)
+
+
+@dataclass
+class ForwardInputs:
+    """What a rollout fed the policy network, so on-policy scoring need not rebuild it.
+
+    ``encoded`` ``(R, encoding_dim)`` and ``mask`` ``(R, n_actions)``: the distinct states of
+    every step, stacked; ``row`` ``(T, n)``: the row of ``encoded`` that trajectory i's state at
+    step t used (-1 once it has stopped).
+    """
+
+    encoded: torch.Tensor
+    mask: torch.Tensor
+    row: torch.Tensor
 
 
 def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: float = 1.0,
                    generator: Optional[torch.Generator] = None, start: Optional[torch.Tensor] = None,
-                   max_steps: Optional[int] = None) -> Trajectories:
+                   max_steps: Optional[int] = None, keep_inputs: bool = False) -> Trajectories:
     """Roll out ``n`` trajectories with the forward policy (plus exploration), one step at a time.
 
     ``start`` begins the rollouts at given states instead of the initial state (local search
@@ -220,33 +245,37 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
     the network sees only the trajectories still running, once per distinct state. The rollout
     runs without autograd; losses score the batch afterwards (:func:`~ppl.inference.gfn.losses.evaluate`,
     or ``trajectory_log_pf`` for on-policy TB): one network pass over the distinct states of the
-    whole batch is cheaper than an autograd graph through every step.
+    whole batch is cheaper than an autograd graph through every step. ``keep_inputs`` keeps the
+    network's inputs in ``forward_inputs`` (:class:`ForwardInputs`) for that scoring pass.
     """
     s = env.initial(n) if start is None else start
-    n = s.shape[0]
+    n, dev = s.shape[0], s.device
     T = max_steps or env.max_steps
-    done = torch.zeros(n, dtype=torch.bool, device=s.device)
-    length = torch.zeros(n, dtype=torch.long, device=s.device)
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
     states, actions = [s], []
+    encoded, masks, rows, used = [], [], [], 0
+    stay = (n,) + (1,) * (s.dim() - 1)
     with torch.no_grad():
         for _ in range(T):
             active = (~done).nonzero().squeeze(1)
-            sa = s[active]
-            distinct, inverse = distinct_states(sa)
-            mask = env.forward_mask(distinct)
-            logp = policy.log_pf(env.encode(distinct), mask)
+            sa = s.index_select(0, active)
+            distinct, inverse = distinct_states(sa, key=env.state_key(sa))
+            x, mask = env.encode(distinct), env.forward_mask(distinct)
+            logp = policy.log_pf(x, mask)
+            if keep_inputs:
+                encoded.append(x)
+                masks.append(mask)
+                local = torch.arange(sa.shape[0], device=dev) if inverse is None else inverse
+                rows.append(torch.full((n,), -1, dtype=torch.long, device=dev).index_copy_(0, active, local + used))
+                used += distinct.shape[0]
             if inverse is not None:
-                logp, mask = logp[inverse], mask[inverse]
+                logp, mask = logp.index_select(0, inverse), mask.index_select(0, inverse)
             a_act = sample_actions(logp, mask, epsilon, temperature, generator)
-            a = torch.full((n,), -1, dtype=torch.long, device=s.device).index_copy(0, active, a_act)
-            is_stop = (a == env.stop) | done
-            nxt = sa.clone()
             moving = a_act != env.stop
-            if bool(moving.any()):
-                nxt[moving] = env.step(sa[moving], a_act[moving])
+            nxt = torch.where(moving.view((-1,) + stay[1:]), env.step(sa, a_act), sa)  # step() may return anything on stop rows
             s = s.index_copy(0, active, nxt)
-            length = length + (~done).long()
-            done = done | is_stop
+            a = torch.full((n,), -1, dtype=torch.long, device=dev).index_copy_(0, active, a_act)
+            done = done | (a == env.stop)
             states.append(s)
             actions.append(a)
             if bool(done.all()):
@@ -254,8 +283,11 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
     if not bool(done.all()):
         raise RuntimeError(f"{type(env).__name__}: trajectories did not stop within {T} steps; "
                            "check max_steps and the stop mask")
-    st = torch.stack(states)
-    return Trajectories(st, torch.stack(actions), length, env.log_reward(st[-1]))
+    st, act = torch.stack(states), torch.stack(actions)
+    tr = Trajectories(st, act, (act >= 0).sum(0), env.log_reward(st[-1]))
+    if keep_inputs:
+        tr.forward_inputs = ForwardInputs(torch.cat(encoded), torch.cat(masks), torch.stack(rows))
+    return tr
 
 
 def uniform_log_pb_sum(env: Env, tr: Trajectories) -> torch.Tensor:

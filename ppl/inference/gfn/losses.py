@@ -38,14 +38,21 @@ def trajectory_log_pf(env: Env, policy, tr: Trajectories) -> torch.Tensor:
 
     The on-policy trajectory-balance path: rolling out without autograd and scoring the batch once
     afterwards costs one forward and one backward pass over the (few) distinct states, instead of
-    a graph through every step of the rollout.
+    a graph through every step of the rollout. With ``tr.forward_inputs`` (a rollout run with
+    ``keep_inputs=True``) the rollout's own network inputs and masks are reused.
     """
     T, n = tr.T, tr.n
+    acts = tr.actions.clamp(min=0)
+    kept = tr.forward_inputs
+    if kept is not None:
+        log_pf = policy.log_pf(kept.encoded, kept.mask)
+        picked = log_pf[kept.row.clamp(min=0), acts]
+        return torch.where(kept.row >= 0, picked, torch.zeros_like(picked)).sum(0)
     src = tr.states[:T].reshape((T * n,) + tuple(tr.states.shape[2:]))
     distinct, inverse = distinct_states(src)
     log_pf = policy.log_pf(env.encode(distinct), env.forward_mask(distinct))
     rows = torch.arange(T * n, device=src.device) if inverse is None else inverse
-    picked = log_pf[rows, tr.actions.clamp(min=0).reshape(-1)].reshape(T, n)
+    picked = log_pf[rows, acts.reshape(-1)].reshape(T, n)
     return torch.where(tr.valid(), picked, torch.zeros_like(picked)).sum(0)
 
 
