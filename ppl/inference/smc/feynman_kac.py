@@ -101,6 +101,7 @@ class SMCOutput:
     records: List[Dict[str, torch.Tensor]] = field(default_factory=list)   # per step (keep_history)
     states: List[State] = field(default_factory=list)                      # per step, before resampling
     log_weight_history: List[torch.Tensor] = field(default_factory=list)   # per step (S, N) normalised
+    se_fixed_lag: Optional[torch.Tensor] = None  # (S,) bool: se from fixed_lag_se (the Eve indices had coalesced)
 
     @property
     def normalized_weights(self) -> torch.Tensor:
@@ -214,6 +215,49 @@ def lee_whiteley_se(log_weights: torch.Tensor, eve: torch.Tensor, num_resampled:
     c = torch.exp((num_resampled.double() + 1) * math.log(N / (N - 1)))
     v = 1.0 - c * (1.0 - (mass**2).sum(-1))
     return (-torch.log1p(-v.clamp(0.0, 1.0))).sqrt()
+
+
+def fixed_lag_se(out: "SMCOutput", lag: Optional[int] = None) -> torch.Tensor:
+    """Standard error of log Z from the genealogy at a fixed lag (Olsson & Douc 2019), shape (S,).
+
+    The Eve estimator reads every particle's time-0 ancestor, and says nothing once they all share
+    one. Here each resampling stage's contribution to the asymptotic variance of log Z is read
+    from the ancestors only ``lag`` steps back instead: with A(t, u) = N sum_i M_i^2 (M_i: weight
+    at time u of the descendants of particle i of the population after resampling at t), the
+    stage that a resampling before step t+1 closes adds A(t, t+lag) - A(t+1, t+lag) - 1, and the
+    last ``lag`` steps add the Chan–Lai term over them. Their sum over N is the relative variance
+    r, and se = sqrt(log(1 + r)) (log-normal Z). The lag truncates the dependence between stages
+    (the model must forget its past within ``lag`` steps), so it reads low, markedly so when the
+    variance is large (N far too small). Needs the history of a ``keep_history=True`` run; cost
+    about ``lag`` gathers of the particle indices per resampling event. ``lag`` defaults to
+    ``ceil(2 log N)`` steps.
+    """
+    if not out.log_weight_history:
+        raise ValueError("fixed_lag_se needs the particle history: run with keep_history=True")
+    S, N, T = out.num_systems, out.num_particles, len(out.log_weight_history)
+    lag = max(1, math.ceil(2 * math.log(max(N, 2)))) if lag is None else int(lag)
+    if lag < 1:
+        raise ValueError(f"lag must be a positive number of steps, got {lag}")
+    dev = out.log_weights.device
+    resampled = out.resampled.T.to(dev)  # (S, T): resampled before step t
+
+    def mass_square(t: int, u: int) -> torch.Tensor:
+        idx = torch.arange(S * N, device=dev)
+        for r in range(u, t, -1):
+            if out.ancestors[r] is not None:
+                idx = out.ancestors[r].index_select(0, idx)
+        w = torch.softmax(out.log_weight_history[u].detach().double(), -1).reshape(-1)
+        mass = torch.zeros(S * N, dtype=torch.float64, device=dev).scatter_add_(0, idx, w).reshape(S, N)
+        return N * (mass**2).sum(-1)
+
+    last = max(0, T - 1 - lag)
+    total = mass_square(last, T - 1) - resampled[:, last + 1:].sum(-1) - 1.0
+    for t in range(last):
+        closes = resampled[:, t + 1]
+        if bool(closes.any()):
+            stage = mass_square(t, t + lag) - mass_square(t + 1, t + lag) - 1.0
+            total = total + torch.where(closes, stage, torch.zeros_like(stage))
+    return torch.log1p(total.clamp(min=0.0) / N).sqrt()
 
 
 def _lse_ess(lw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -350,6 +394,11 @@ def _drive(fk, N, S, T, scheme, threshold, keep_history, callback) -> SMCOutput:
     out.log_evidence_history = torch.stack(lzs)
     out.ess = torch.stack(esss)
     out.resampled = torch.stack(flags)
+    out.se_fixed_lag = ~torch.isfinite(out.log_evidence_se)
+    if keep_history and bool(out.se_fixed_lag.any()):  # every particle shares one Eve: read a shorter genealogy
+        out.log_evidence_se = torch.where(out.se_fixed_lag, fixed_lag_se(out), out.log_evidence_se)
+    else:
+        out.se_fixed_lag = torch.zeros_like(out.se_fixed_lag)
     return out
 
 

@@ -245,15 +245,22 @@ def smc_result(
         log_evidence_se=float(out.log_evidence_se[system]),
         diagnostics=diagnostics,
         attrs=dict(attrs or {}, particles=N, num_resampling=int(out.resampled[:, system].sum()),
-                   log_evidence_se_method=LEE_WHITELEY),
+                   log_evidence_se_method=FIXED_LAG if _fixed_lag(out, system) else LEE_WHITELEY),
     )
 
 
 LEE_WHITELEY = "lee-whiteley"
 """``attrs["log_evidence_se_method"]`` of one particle system: the Eve-index (genealogy) estimator,
 exact in expectation only for multinomial resampling at every step; reads low otherwise (docs/smc.md)."""
+FIXED_LAG = "fixed-lag"
+"""``attrs["log_evidence_se_method"]`` when every final particle descended from one time-0 particle (the
+Eve estimator is then infinite): the fixed-lag genealogy estimator, which reads low (docs/smc.md)."""
 SYSTEMS = "systems"
 """``attrs["log_evidence_se_method"]`` with ``systems=S > 1``: the spread of S independent log Z estimates."""
+
+
+def _fixed_lag(out: SMCOutput, system: int) -> bool:
+    return out.se_fixed_lag is not None and bool(out.se_fixed_lag[system])
 
 
 def pooled_log_evidence(out: SMCOutput) -> Tuple[float, float]:
