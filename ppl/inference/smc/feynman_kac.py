@@ -241,21 +241,25 @@ def fixed_lag_se(out: "SMCOutput", lag: Optional[int] = None) -> torch.Tensor:
     dev = out.log_weights.device
     resampled = out.resampled.T.to(dev)  # (S, T): resampled before step t
 
-    def mass_square(t: int, u: int) -> torch.Tensor:
-        idx = torch.arange(S * N, device=dev)
-        for r in range(u, t, -1):
-            if out.ancestors[r] is not None:
-                idx = out.ancestors[r].index_select(0, idx)
+    def mass_squares(t: int, u: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(A(t, u), A(t+1, u)): one walk back through the ancestry from u."""
         w = torch.softmax(out.log_weight_history[u].detach().double(), -1).reshape(-1)
-        mass = torch.zeros(S * N, dtype=torch.float64, device=dev).scatter_add_(0, idx, w).reshape(S, N)
-        return N * (mass**2).sum(-1)
+        idx, found = torch.arange(S * N, device=dev), {}
+        for r in range(u, t - 1, -1):
+            if r <= t + 1:
+                mass = torch.zeros(S * N, dtype=torch.float64, device=dev).scatter_add_(0, idx, w).reshape(S, N)
+                found[r] = N * (mass**2).sum(-1)
+            if r > t and out.ancestors[r] is not None:
+                idx = out.ancestors[r].index_select(0, idx)
+        return found[t], found.get(t + 1, found[t])
 
     last = max(0, T - 1 - lag)
-    total = mass_square(last, T - 1) - resampled[:, last + 1:].sum(-1) - 1.0
+    total = mass_squares(last, T - 1)[0] - resampled[:, last + 1:].sum(-1) - 1.0
     for t in range(last):
         closes = resampled[:, t + 1]
         if bool(closes.any()):
-            stage = mass_square(t, t + lag) - mass_square(t + 1, t + lag) - 1.0
+            here, after = mass_squares(t, t + lag)
+            stage = here - after - 1.0
             total = total + torch.where(closes, stage, torch.zeros_like(stage))
     return torch.log1p(total.clamp(min=0.0) / N).sqrt()
 
