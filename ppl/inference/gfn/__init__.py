@@ -26,3 +26,6 @@ __all__ += ["DiffusionConfig", "DiffusionPolicy", "DiffusionSampler", "TerminalB
 from ppl.inference.gfn.diffusion_smc import DiffusionFK, diffusion_smc
 
 __all__ += ["DiffusionFK", "diffusion_smc"]
+from ppl.inference.gfn.policy_smc import PolicyFK, policy_smc
+
+__all__ += ["PolicyFK", "policy_smc"]
