@@ -227,3 +227,50 @@ def test_log_likelihood_can_be_skipped_and_lives_on_the_host():
     assert runs[1].log_likelihood == {}
     assert torch.equal(runs[0].samples["mu"], runs[1].samples["mu"])
     assert "log_likelihood" not in runs[1].to_arviz().groups()
+
+
+def _check_normal_posterior(post, data):
+    m, s = normal_normal_posterior(torch.as_tensor(data["y"]), **{k: v for k, v in data.items() if k != "y"})
+    mu = post.samples["mu"].double()
+    se = float(mu.std()) / math.sqrt(float(az.ess(post.to_arviz(), var_names=["mu"])["mu"]))
+    assert abs(float(mu.mean()) - m) < 4 * se and abs(float(mu.std()) / s - 1) < 0.1
+
+
+def test_auto_compile_switches_long_runs(normal_data, monkeypatch):
+    """compile="auto" asks for inductor when sampling is predicted to outlast the threshold (here 0 s;
+    the switch itself re-records with the traced backend to keep this test fast); short runs and
+    explicit modes are left alone, and the draws stay right after the switch."""
+    import ppl.inference.mcmc.driver as driver
+    spec, data = normal_data
+    short = mcmc(spec.model, model_kwargs=data, chains=4, warmup=40, draws=20, seed=0, progress=False)
+    assert short.attrs["compile"] == "auto"
+    asked = []
+    original = Potential.recompile
+
+    def recompile(self, mode):
+        asked.append(mode)
+        original(self, "trace")
+
+    monkeypatch.setattr(Potential, "recompile", recompile)
+    monkeypatch.setattr(driver, "AUTO_INDUCTOR_AFTER_S", 0.0)
+    monkeypatch.setattr(driver, "_have_cxx", lambda: True)
+    post = mcmc(spec.model, model_kwargs=data, chains=16, warmup=60, draws=150, seed=1, progress=False)
+    assert asked == ["inductor"] and post.attrs["compile"] == "auto->inductor" and post.attrs["compiled"] == 1
+    _check_normal_posterior(post, data)
+    for mode in ("trace", False):
+        kept = mcmc(spec.model, model_kwargs=data, chains=4, warmup=40, draws=20, seed=0, progress=False, compile=mode)
+        assert kept.attrs["compile"] == str(mode) and len(asked) == 1
+
+
+@pytest.mark.slow
+def test_auto_compile_switch_to_inductor_for_real(normal_data, monkeypatch):
+    import ppl.inference.mcmc.driver as driver
+    if not driver._have_cxx():
+        pytest.skip("no C++ compiler for inductor")
+    spec, data = normal_data
+    monkeypatch.setattr(driver, "AUTO_INDUCTOR_AFTER_S", 0.0)
+    # MALA: one leapfrog graph to compile (NUTS has four); the switch does not depend on the kernel
+    post = mcmc(spec.model, model_kwargs=data, kernel="mala", chains=64, warmup=100, draws=200, seed=1,
+                progress=False)
+    assert post.attrs["compile"] == "auto->inductor" and post.attrs["compiled"] == 1
+    _check_normal_posterior(post, data)

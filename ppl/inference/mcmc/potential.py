@@ -275,6 +275,15 @@ class Potential:
         probe = perturb(0.1)
         return self._record_checked(eager, probe, [perturb(0.5), perturb(1.5)], "this program's log density")
 
+    def recompile(self, mode: str) -> None:
+        """Switch to compile ``mode`` ("trace", "inductor", ...); every graph is recorded again at its next use."""
+        if mode not in ("fx", "trace", "inductor"):
+            raise ValueError(f"recompile needs 'fx', 'trace' or 'inductor', got {mode!r}")
+        self.mode = mode
+        self._graphs.clear()  # shared with tempered views, so they switch too
+        self._seen.clear()
+        self._compiled_for.clear()
+
     def compiled_for(self, z: torch.Tensor) -> bool:
         """Whether calls at ``z``'s shape use a recorded graph."""
         if not self.mode:
