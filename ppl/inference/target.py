@@ -193,7 +193,7 @@ class UnconstrainedTarget:
                         f"init value for site {name!r} has shape {tuple(v.shape)}; expected "
                         f"{tuple(info.shape)} or {(n,) + tuple(info.shape)}"
                     )
-                if not bool(info.support.check(v).all()):
+                if not _bounds_from_values(info.support) and not bool(info.support.check(v).all()):
                     raise ValueError(f"init value for site {name!r} is outside its support {info.support}")
                 fixed[name] = info.to_batched(v)
             trace, _ = self._run(n, ImproperInitMessenger(), _Fix(fixed), UnconstrainMessenger())
@@ -217,6 +217,16 @@ def _as_batch(x, zero: torch.Tensor) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.expand_as(zero) if x.dim() == 0 else x
     return zero + x
+
+
+def _bounds_from_values(support) -> bool:
+    """Whether a support's bounds are tensors (possibly computed from other sites, e.g. beta1 < 1 - alpha1).
+
+    The analysis run's bounds hold for its own draws only, so values cannot be checked against them
+    here; the model run itself maps them (and gives -inf log density where they fall outside).
+    """
+    base = getattr(support, "base_constraint", support)
+    return any(isinstance(getattr(base, a, None), torch.Tensor) for a in ("lower_bound", "upper_bound"))
 
 
 class _Fix(Messenger):

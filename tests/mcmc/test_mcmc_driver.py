@@ -274,3 +274,25 @@ def test_auto_compile_switch_to_inductor_for_real(normal_data, monkeypatch):
                 progress=False)
     assert post.attrs["compile"] == "auto->inductor" and post.attrs["compiled"] == 1
     _check_normal_posterior(post, data)
+
+
+def _quartic():
+    x = pyro.sample("x", dist.Normal(0.0, 10.0))
+    pyro.factor("well", -x**4 / 4)
+
+
+def test_a_chain_stuck_in_a_stiff_region_is_restarted_during_warmup():
+    """One chain starts where the curvature (3 x^2 = 2700) forbids the shared step size: every step
+    diverges and it never moves. Pooled warmup restarts it from a moving chain's position; per-chain
+    adaptation (Stan's way) is left to shrink its own step size."""
+    init = torch.zeros(8, 1)
+    init[3] = 30.0
+    post = mcmc(_quartic, chains=8, warmup=150, draws=100, init=init, seed=0, progress=False)
+    assert post.attrs["warmup_respawned_chains"] == 1
+    x = post.samples["x"]
+    assert float(x.abs().max()) < 4.0 and int(post.sample_stats["diverging"].sum()) < 10
+    # the restart is a warmup device only: chains that all move are never touched
+    fine = mcmc(_quartic, chains=8, warmup=150, draws=20, seed=0, progress=False)
+    assert fine.attrs["warmup_respawned_chains"] == 0
+    alone = mcmc(_quartic, chains=8, warmup=150, draws=20, init=init, seed=0, progress=False, pool_adaptation=False)
+    assert alone.attrs["warmup_respawned_chains"] == 0

@@ -127,16 +127,46 @@ class Adapter:
     """Warmup adaptation: per-chain dual averaging of the step size and Stan's windowed mass matrix."""
 
     def __init__(self, kernel, warmup: int, target_accept: Optional[float], adapt_step_size: bool,
-                 adapt_mass: bool, dense: bool, pool: bool = True) -> None:
+                 adapt_mass: bool, dense: bool, pool: bool = True, respawn: bool = True) -> None:
         self.kernel = kernel
         self.target_accept = target_accept
         self.adapt_step_size = adapt_step_size and target_accept is not None
         self.window_ends = set(stan_windows(warmup)) if adapt_mass else set()
         self.dense = dense
         self.pool = pool
+        self.respawn = respawn and pool
+        self.respawned = 0
         self.da: Optional[DualAveraging] = None
         self.welford: Optional[Welford] = None
         self.window_start = 75 if warmup >= 150 else int(0.15 * warmup)
+        self.accepted: Optional[torch.Tensor] = None  # per-chain acceptance summed since the last check
+        self.checked = 0
+
+    def _stuck(self, i: int) -> Optional[torch.Tensor]:
+        """Chains that have accepted (almost) nothing since the last check while the others move.
+
+        With one shared step size a chain started far from the typical set (a huge gradient there)
+        diverges on every step and never leaves; Stan's per-chain adaptation would shrink its own
+        step size instead. Such chains are restarted from the positions of moving ones (warmup
+        draws are discarded, so this changes only where the chains start sampling).
+        """
+        if not self.respawn or self.accepted is None or i + 1 - self.checked < 20:
+            return None
+        rate = self.accepted / (i + 1 - self.checked)
+        self.accepted, self.checked = None, i + 1
+        stuck = rate < 0.05
+        if not bool(stuck.any()) or bool(stuck.all()) or float(rate.median()) < 0.3:
+            return None
+        return stuck
+
+    def _respawn(self, state: ChainState, stuck: torch.Tensor) -> ChainState:
+        moving = (~stuck).nonzero().squeeze(1)
+        rows = stuck.nonzero().squeeze(1)
+        donors = moving[torch.randint(moving.numel(), (rows.numel(),), device=moving.device)]
+        self.respawned += rows.numel()
+        z, lp, grad = state.z.clone(), state.lp.clone(), state.grad.clone()
+        z[rows], lp[rows], grad[rows] = state.z[donors], state.lp[donors], state.grad[donors]
+        return state._replace(z=z, lp=lp, grad=grad)
 
     def _restart_step_size(self, state: ChainState) -> ChainState:
         eps = find_reasonable_step_size(self.kernel, state)
@@ -154,16 +184,24 @@ class Adapter:
     def update(self, i: int, state: ChainState, info: StepInfo) -> ChainState:
         if isinstance(self.kernel, ChEES):
             self.kernel.adapt(info, state.inv_mass, state.step_size)
+        chain_accept = torch.nan_to_num(info.accept_prob, nan=0.0)
+        self.accepted = chain_accept if self.accepted is None else self.accepted + chain_accept
         if self.adapt_step_size:
-            accept = torch.nan_to_num(info.accept_prob, nan=0.0)
-            if self.pool:
-                accept = accept.mean().expand_as(accept)
+            accept = chain_accept.mean().expand_as(chain_accept) if self.pool else chain_accept
             self.da = self.da.update(accept, self.target_accept)
             state = state._replace(step_size=self.da.step_size.clamp(1e-8, 1e3))
+        if self.window_ends and i == self.window_start - 1:  # before the first mass-matrix window
+            stuck = self._stuck(i)
+            if stuck is not None:
+                state = self._respawn(state, stuck)
         if self.window_ends and i >= self.window_start:
             self.welford = self.welford.update(state.z)
             if i in self.window_ends:
-                state = state._replace(inv_mass=self.welford.inv_mass(pool=self.pool))
+                stuck = self._stuck(i)
+                keep = None if stuck is None else ~stuck
+                state = state._replace(inv_mass=self.welford.inv_mass(pool=self.pool, keep=keep))
+                if stuck is not None:
+                    state = self._respawn(state, stuck)
                 if isinstance(self.kernel, EllipticalSlice):
                     self.kernel.mean = self.welford.mean.mean(0) if self.pool else self.welford.mean
                 self.welford = Welford.start(state.z, self.dense)
@@ -282,7 +320,8 @@ def mcmc(
             inv_mass = None
         state = k.init(z, step_size=eps, inv_mass=inv_mass, dense=dense_mass)
         adapter = Adapter(k, warmup, target_accept or _default_target_accept(k, target.dim),
-                          adapt_step_size, adapt_mass, dense_mass, pool_adaptation)
+                          adapt_step_size, adapt_mass, dense_mass, pool_adaptation,
+                          respawn=gibbs is None)  # a Gibbs chain's discrete values would not follow its donor
         kept: List[torch.Tensor] = []
         kept_discrete: List[Dict[str, torch.Tensor]] = []
         stats: Dict[str, List[torch.Tensor]] = {k_: [] for k_ in ("lp", "acceptance_rate", "step_size", "tree_depth",
@@ -352,6 +391,7 @@ def mcmc(
         "compile_s": potential.record_s, "compiled": int(bool(compile) and potential.compiled_for(state.z)),
         "num_divergent": int(result.sample_stats["diverging"].sum()), "num_divergent_warmup": warmup_divergences,
         "grad_evals_spent": evals_spent, "grad_evals_useful": evals_useful,
+        "warmup_respawned_chains": adapter.respawned,
         "lockstep_efficiency": evals_useful / evals_spent if evals_spent else 1.0,
     })
     if isinstance(k, ChEES):

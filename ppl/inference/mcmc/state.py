@@ -172,18 +172,21 @@ class Welford(NamedTuple):
             m2 = self.m2 + delta * (z - mean)
         return Welford(n, mean, m2)
 
-    def inv_mass(self, pool: bool = False) -> torch.Tensor:
+    def inv_mass(self, pool: bool = False, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Stan's regularised estimate: shrink the sample covariance towards 1e-3 I.
 
         With ``pool`` every chain gets the covariance of all chains' draws together (chains share
-        a target, so C chains give C times the draws), broadcast back to ``(C, ...)``.
+        a target, so C chains give C times the draws), broadcast back to ``(C, ...)``; ``keep``
+        (bool (C,)) limits the pool to those chains (a stuck chain's draws would swell it).
         """
         n, m2 = self.n, self.m2
         if pool:
-            c = self.mean.shape[0]
-            dev = self.mean - self.mean.mean(0)
+            keep = torch.ones(self.mean.shape[0], dtype=torch.bool, device=m2.device) if keep is None else keep
+            c = int(keep.sum())
+            mean, m2_kept = self.mean[keep], m2[keep]
+            dev = mean - mean.mean(0)
             between = dev.unsqueeze(-1) * dev.unsqueeze(-2) if m2.dim() == 3 else dev * dev
-            m2 = (m2 + n * between).sum(0, keepdim=True).expand_as(m2)
+            m2 = (m2_kept + n * between).sum(0, keepdim=True).expand_as(m2)
             n = n * c
         cov = m2 / max(n - 1, 1)
         w = n / (n + 5.0)

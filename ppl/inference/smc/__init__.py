@@ -11,6 +11,7 @@ from ppl.inference.smc.moves import KernelMove, MALAMove, RWMHMove, make_move
 from ppl.inference.smc.tempering import (GeometricPath, LikelihoodPath, ProductPath, ScheduleError, ibis,
                                          next_temperature, run_tempering, tempered_smc, validate_schedule)
 from ppl.inference.smc.twisted import TwistedFK, twisted_smc
+from ppl.inference.smc.reference import gaussian_reference
 
 __all__ = [
     "FeynmanKac", "FKModel", "SMCOutput", "run_smc", "ffbs", "lee_whiteley_se", "fixed_lag_se",
@@ -20,7 +21,7 @@ __all__ = [
     "RWMHMove", "MALAMove", "KernelMove", "make_move",
     "LikelihoodPath", "GeometricPath", "ProductPath", "ScheduleError", "validate_schedule", "next_temperature",
     "run_tempering", "tempered_smc", "ibis",
-    "TwistedFK", "twisted_smc",
+    "TwistedFK", "twisted_smc", "gaussian_reference",
     "ProgramFK", "smc",
     "pmmh", "particle_gibbs", "conditional_smc",
 ]

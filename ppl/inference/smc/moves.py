@@ -132,19 +132,21 @@ class MALAMove(_AdaptiveScale):
 class KernelMove:
     """Any ``ppl.inference.mcmc`` kernel class (e.g. ``HMC``) as a move, built per temperature.
 
-    ``kernel_cls(logp_and_grad, **kernel_kwargs)`` must offer ``init(z, step_size, inv_mass)``
+    ``kernel_cls(logp_and_grad, **kernel_kwargs)`` must offer ``init(z, step_size, inv_mass, dense)``
     and ``step(state) -> (state, info)`` with ``info.accept_prob``; the inverse mass matrix is
-    the cloud's variance, the step size adapts toward ``target_accept`` between SMC steps.
+    the cloud's variance (its full covariance with ``dense=True``, for strongly correlated or
+    badly scaled posteriors), the step size adapts toward ``target_accept`` between SMC steps.
     """
 
     needs_grad = True
 
     def __init__(self, kernel_cls: Any, steps: int = 1, target_accept: Optional[float] = None, step_size: float = 0.5,
-                 **kernel_kwargs: Any) -> None:
+                 dense: bool = False, **kernel_kwargs: Any) -> None:
         if target_accept is None:  # the kernel's own preference (e.g. 0.234 for RWMH, 0.8 for HMC)
             target_accept = float(getattr(kernel_cls, "target_accept", 0.65))
         self.kernel_cls, self.steps, self.target_accept = kernel_cls, int(steps), target_accept
         self.step_size = step_size
+        self.dense = bool(dense)
         self.kernel_kwargs = kernel_kwargs
 
     def __call__(self, z, base, incr, beta: float, terms: TermsFn, terms_grad: Optional[TermsGradFn] = None):
@@ -156,8 +158,12 @@ class KernelMove:
             return b + beta * i, g
 
         kernel = self.kernel_cls(logp_and_grad, **self.kernel_kwargs)
-        var = cloud_scale(z, dense=False) ** 2
-        state = kernel.init(z, step_size=self.step_size, inv_mass=var)
+        if self.dense:
+            chol = cloud_scale(z, dense=True)
+            cov = (chol @ chol.T).expand(z.shape[0], -1, -1).contiguous()
+            state = kernel.init(z, step_size=self.step_size, inv_mass=cov, dense=True)
+        else:
+            state = kernel.init(z, step_size=self.step_size, inv_mass=cloud_scale(z, dense=False) ** 2)
         acc_total = 0.0
         for _ in range(self.steps):
             state, info = kernel.step(state)
@@ -171,18 +177,19 @@ class KernelMove:
 
 
 def make_move(move: Any, steps: int = 5) -> Any:
-    """A move from a name ("rwmh", "mala", "hmc"), a move object, or an mcmc kernel class."""
+    """A move from a name ("rwmh", "mala", "hmc", "hmc-dense"), a move object, or an mcmc kernel class."""
     if isinstance(move, str):
         name = move.lower()
         if name == "rwmh":
             return RWMHMove(steps)
         if name == "mala":
             return MALAMove(steps)
-        if name == "hmc":
+        if name in ("hmc", "hmc-dense"):
             from ppl.inference.mcmc.hmc import HMC
 
-            return KernelMove(HMC, steps=max(1, steps // 2), num_steps=5)
-        raise ValueError(f"unknown move {move!r}; use 'rwmh', 'mala', 'hmc', a move object or an mcmc kernel class")
+            return KernelMove(HMC, steps=max(1, steps // 2), num_steps=5, dense=name == "hmc-dense")
+        raise ValueError(f"unknown move {move!r}; use 'rwmh', 'mala', 'hmc', 'hmc-dense', a move object or an "
+                         "mcmc kernel class")
     if isinstance(move, type):
         return KernelMove(move, steps=steps)
     if callable(move):

@@ -16,6 +16,7 @@ from pyro.poutine.trace_struct import Trace
 
 from ppl.handlers import BatchMessenger, LogDensityMessenger, ProposeMessenger
 from ppl.handlers._sites import PARTICLE_PLATE, is_latent, is_observation
+from ppl.handlers.improper import ImproperInitMessenger
 from ppl.inference.program import ModelError, Program
 
 
@@ -110,8 +111,8 @@ def pyro_guide_log_weights(program: Program, guide: Callable, n: int, plate: Opt
 def trace_params(program: Program, guide: Optional[Callable] = None, n: int = 1) -> Dict[str, List[torch.Tensor]]:
     """The unconstrained ``pyro.param`` / ``pyro.module`` tensors used by the model and by the guide."""
     out: Dict[str, List[torch.Tensor]] = {"model": [], "guide": []}
-    with poutine.trace(param_only=True) as tr:
-        program.run(n) if guide is None else guided_traces(program, guide, n)
+    with poutine.trace(param_only=True) as tr:  # flat-prior sites get Stan's init instead of failing to sample
+        program.run(n, ImproperInitMessenger()) if guide is None else guided_traces(program, guide, n)
     guide_names = set()
     if guide is not None:
         with poutine.trace(param_only=True) as gtr:

@@ -26,15 +26,20 @@ def exp_quad_cov(x: torch.Tensor, alpha: torch.Tensor, rho: torch.Tensor) -> tor
 
 
 def _cholesky(cov: torch.Tensor) -> torch.Tensor:
-    """Batched Cholesky; matrices that fail (only for extreme alpha, far outside the posterior) get a
-    relative jitter of 1e-9 times their largest diagonal entry instead of raising mid-run."""
+    """Batched Cholesky that never raises mid-run and has no data-dependent branch (so it records as one graph).
+
+    Matrices that fail (only for extreme alpha, far outside the posterior) get a relative jitter
+    of 1e-9 times their largest diagonal entry; any still failing (alpha infinite or NaN after a
+    wild leapfrog step) get a NaN factor, so the log density is NaN there and the engines reject
+    the point, as Stan rejects a failed Cholesky, instead of the whole batch of chains raising.
+    """
     L, info = torch.linalg.cholesky_ex(cov)
-    failed = info != 0
-    if bool(failed.any()):
-        scale = cov.diagonal(dim1=-2, dim2=-1).amax(-1) * 1e-9 * failed
-        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-        L = torch.linalg.cholesky(cov + scale[..., None, None] * eye)
-    return L
+    failed = (info != 0)[..., None, None]
+    scale = cov.diagonal(dim1=-2, dim2=-1).amax(-1).nan_to_num(nan=1.0, posinf=1.0).abs()[..., None, None] * 1e-9
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    L2, info2 = torch.linalg.cholesky_ex(cov + torch.where(failed, scale, torch.zeros_like(scale)) * eye)
+    L = torch.where(failed, L2, L)
+    return torch.where((info2 != 0)[..., None, None], torch.full_like(L, float("nan")), L)
 
 
 def gp_pois_regr(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
