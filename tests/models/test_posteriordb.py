@@ -184,6 +184,50 @@ def test_data_folder_from_env_var_and_clear_error_when_missing(monkeypatch, tmp_
         _io.posteriordb_dir()
 
 
+def _check_against_reference(short, means, sds, mean_se):
+    """Every reference mean within 4 combined se (ours and the reference's), every sd within 10 %."""
+    spec = models.get_model(f"pdb_{short}")
+    truth = spec.ground_truth(spec.data(dtype=torch.float64))
+    n_ref = truth.extra["reference_num_draws"]
+    for site, mean in truth.posterior_mean.items():
+        ref_m, ref_s = mean.double().reshape(-1).numpy(), truth.posterior_sd[site].double().reshape(-1).numpy()
+        se = np.sqrt(mean_se[site] ** 2 + ref_s ** 2 / n_ref)
+        assert np.all(np.abs(means[site] - ref_m) < 4 * se), (site, means[site], ref_m, se)
+        assert np.all(np.abs(sds[site] / ref_s - 1) < 0.1), (site, sds[site], ref_s)
+
+
+# diamonds is left out of the test runs: NUTS needs trees of depth 10 on most iterations there
+# (Stan used adapt_delta 0.99 and depth up to 20); bench/bench_posteriordb.py runs it.
+SMC_FAST = ["eight_schools_noncentered"]
+
+
+@pytest.mark.parametrize("short", SMC_FAST + [pytest.param(s, marks=pytest.mark.slow) for s in SHORT
+                                              if s not in SMC_FAST + ["diamonds", "earnings_earn_height"]])
+def test_tempered_smc_matches_reference(short):
+    """Tempered SMC (dense-mass HMC moves; flat-prior models from a VI-fitted Gaussian reference)
+    reproduces posteriordb's means (Chan–Lai Eve-index se) and sds."""
+    from ppl.inference.smc import gaussian_reference, tempered_smc
+    from ppl.inference.vi import vi
+    spec = models.get_model(f"pdb_{short}")
+    data = spec.data(dtype=torch.float64)
+    reference = None
+    if pdb.IMPROPER_SITES.get(short):
+        fit = vi(spec.model, model_kwargs=data, guide="normal", steps=1000, draws=1000, seed=1, dtype=torch.float64)
+        reference = gaussian_reference(spec.model, fit, model_kwargs=data, dtype=torch.float64)
+    r = tempered_smc(spec.model, model_kwargs=data, particles=2000, move="hmc-dense", move_steps=10,
+                     reference=reference, seed=1, dtype=torch.float64)
+    w = torch.softmax(r.log_weights[0].double(), -1)
+    eve = r.sample_stats["eve"][0]
+    means, sds, ses = {}, {}, {}
+    for site in spec.ground_truth(data).posterior_mean:
+        x = r.samples[site][0].double().reshape(w.shape[0], -1)
+        m = (w[:, None] * x).sum(0)
+        per_eve = torch.zeros(x.shape, dtype=x.dtype).index_add_(0, eve, w[:, None] * (x - m))
+        means[site], sds[site] = m.numpy(), (w[:, None] * (x - m) ** 2).sum(0).sqrt().numpy()
+        ses[site] = per_eve.pow(2).sum(0).sqrt().numpy()
+    _check_against_reference(short, means, sds, ses)
+
+
 def _nuts():
     mcmc = pytest.importorskip("ppl.inference.mcmc")
     fn = getattr(mcmc, "nuts", None)
@@ -197,23 +241,21 @@ def _nuts():
 
 
 @pytest.mark.slow
-# kidiq is left out: its uncentred (intercept, slope) needs step ~1e-3 before the mass matrix adapts,
-# so early NUTS trees hit depth 10 (1023 gradients per iteration); 40 iterations took > 150 s here.
-@pytest.mark.parametrize("short", ["eight_schools_noncentered"])
-def test_nuts_matches_reference_means(short):
-    """Our NUTS reproduces posteriordb's reference means within 4 MCSE (ours and the reference's)."""
+@pytest.mark.parametrize("short", [s for s in SHORT if s != "diamonds"])
+def test_nuts_matches_reference(short):
+    """Batched NUTS (8 chains, 500 + 500) reproduces posteriordb's means within 4 combined MCSE and
+    its sds within 10 % (kidiq and gp_pois_regr need the warmup restart of stuck chains)."""
     az = pytest.importorskip("arviz")
     nuts = _nuts()
     spec = models.get_model(f"pdb_{short}")
-    data = spec.data()
-    # chains run batched, so many short chains are cheap
-    result = nuts(spec.model, model_kwargs=data, chains=16, warmup=500, draws=250, seed=1, progress=False)
-    truth = spec.ground_truth(data)
-    n_ref = truth.extra["reference_num_draws"]
-    for site, mean in truth.posterior_mean.items():
-        draws = result.samples[site].double().cpu().numpy()  # (chain, draw, *shape)
+    data = spec.data(dtype=torch.float64)
+    result = nuts(spec.model, model_kwargs=data, chains=8, warmup=500, draws=500, seed=1, progress=False,
+                  dtype=torch.float64, log_likelihood=False)
+    means, sds, ses = {}, {}, {}
+    for site in spec.ground_truth(data).posterior_mean:
+        draws = result.samples[site].double().cpu().numpy()
         flat_draws = draws.reshape(draws.shape[:2] + (-1,))
-        ess = np.array([float(az.ess(flat_draws[..., j])) for j in range(flat_draws.shape[-1])]).reshape(mean.shape)
-        ours = flat_draws.mean((0, 1)).reshape(mean.shape)
-        se = np.sqrt(truth.posterior_sd[site].numpy() ** 2 / ess + truth.posterior_sd[site].numpy() ** 2 / n_ref)
-        assert np.all(np.abs(ours - mean.numpy()) < 4 * se), (site, ours, mean, se)
+        ess = np.array([float(az.ess(flat_draws[..., j], method="bulk")) for j in range(flat_draws.shape[-1])])
+        means[site], sds[site] = flat_draws.mean((0, 1)), flat_draws.std((0, 1))
+        ses[site] = sds[site] / np.sqrt(ess)
+    _check_against_reference(short, means, sds, ses)
