@@ -197,6 +197,12 @@ def _fail(fk: FeynmanKac, t: int, lw: torch.Tensor, log_g: torch.Tensor) -> None
     raise NonFiniteWeightError(f"step {t}: non-finite log weights{where}")
 
 
+def _lineage_mass_squares(weights: torch.Tensor, ancestor: torch.Tensor, S: int, N: int) -> torch.Tensor:
+    """sum_j M_j^2 per system, M_j the total of the normalised ``weights`` (S*N,) of particles whose ``ancestor`` is j."""
+    mass = torch.zeros(S * N, dtype=torch.float64, device=weights.device).scatter_add_(0, ancestor, weights)
+    return mass.reshape(S, N).pow(2).sum(-1)
+
+
 def lee_whiteley_se(log_weights: torch.Tensor, eve: torch.Tensor, num_resampled: torch.Tensor) -> torch.Tensor:
     """Standard error of log Z from the Eve indices (Lee & Whiteley 2018; Chan & Lai 2013).
 
@@ -211,9 +217,8 @@ def lee_whiteley_se(log_weights: torch.Tensor, eve: torch.Tensor, num_resampled:
     if N < 2:
         return torch.full((S,), math.inf, dtype=torch.float64, device=log_weights.device)
     W = torch.softmax(log_weights.detach().double(), -1).reshape(-1)
-    mass = torch.zeros(S * N, dtype=torch.float64, device=W.device).scatter_add_(0, eve, W).reshape(S, N)
     c = torch.exp((num_resampled.double() + 1) * math.log(N / (N - 1)))
-    v = 1.0 - c * (1.0 - (mass**2).sum(-1))
+    v = 1.0 - c * (1.0 - _lineage_mass_squares(W, eve, S, N))
     return (-torch.log1p(-v.clamp(0.0, 1.0))).sqrt()
 
 
@@ -247,8 +252,7 @@ def fixed_lag_se(out: "SMCOutput", lag: Optional[int] = None) -> torch.Tensor:
         idx, found = torch.arange(S * N, device=dev), {}
         for r in range(u, t - 1, -1):
             if r <= t + 1:
-                mass = torch.zeros(S * N, dtype=torch.float64, device=dev).scatter_add_(0, idx, w).reshape(S, N)
-                found[r] = N * (mass**2).sum(-1)
+                found[r] = N * _lineage_mass_squares(w, idx, S, N)
             if r > t and out.ancestors[r] is not None:
                 idx = out.ancestors[r].index_select(0, idx)
         return found[t], found.get(t + 1, found[t])
