@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import time
@@ -31,7 +30,7 @@ import torch
 import ppl.models as models
 import ppl.models.posteriordb as pdb
 from ppl.inference.mcmc import mcmc
-from ppl.inference.smc import gaussian_reference, tempered_smc
+from ppl.inference.smc import eve_se, gaussian_reference, tempered_smc
 from ppl.inference.vi import vi
 
 F64 = torch.float64
@@ -77,12 +76,6 @@ def run_nuts(spec, data, truth, seed: int) -> dict:
             **_compare(means, sds, ses, truth)}
 
 
-def _eve_se(w: torch.Tensor, eve: torch.Tensor, dev: torch.Tensor) -> np.ndarray:
-    """sqrt(sum_j (sum_{i: eve_i = j} W_i dev_i)^2) per column (Chan & Lai's variance of a weighted mean)."""
-    per = torch.zeros(w.shape[0], dev.shape[1], dtype=dev.dtype).index_add_(0, eve, w[:, None] * dev)
-    return per.pow(2).sum(0).sqrt().numpy()
-
-
 def run_smc(spec, short: str, data, truth, particles: int, seed: int, move: str = "hmc-dense") -> dict:
     t0 = time.perf_counter()
     reference, source = None, "prior"
@@ -106,7 +99,7 @@ def run_smc(spec, short: str, data, truth, particles: int, seed: int, move: str 
         x = r.samples[site][0].double().cpu().reshape(w.shape[0], -1)
         m = (w[:, None] * x).sum(0)
         means[site], sds[site] = m.numpy(), (w[:, None] * (x - m) ** 2).sum(0).sqrt().numpy()
-        ses[site] = _eve_se(w, eve, x - m)
+        ses[site] = eve_se(w, eve, x - m).numpy()
     return {"seconds": seconds, "reference": source, "move": move,
             "temperatures": int(r.diagnostics["temperature"].numel()), "ess": float(1.0 / (w ** 2).sum()),
             "distinct_eves": int(torch.unique(eve).numel()), **_compare(means, sds, ses, truth)}

@@ -206,7 +206,7 @@ SMC_FAST = ["eight_schools_noncentered"]
 def test_tempered_smc_matches_reference(short):
     """Tempered SMC (dense-mass HMC moves; flat-prior models from a VI-fitted Gaussian reference)
     reproduces posteriordb's means (Chan–Lai Eve-index se) and sds."""
-    from ppl.inference.smc import gaussian_reference, tempered_smc
+    from ppl.inference.smc import eve_se, gaussian_reference, tempered_smc
     from ppl.inference.vi import vi
     spec = models.get_model(f"pdb_{short}")
     data = spec.data(dtype=torch.float64)
@@ -222,9 +222,8 @@ def test_tempered_smc_matches_reference(short):
     for site in spec.ground_truth(data).posterior_mean:
         x = r.samples[site][0].double().reshape(w.shape[0], -1)
         m = (w[:, None] * x).sum(0)
-        per_eve = torch.zeros(x.shape, dtype=x.dtype).index_add_(0, eve, w[:, None] * (x - m))
         means[site], sds[site] = m.numpy(), (w[:, None] * (x - m) ** 2).sum(0).sqrt().numpy()
-        ses[site] = per_eve.pow(2).sum(0).sqrt().numpy()
+        ses[site] = eve_se(w, eve, x - m).numpy()
     _check_against_reference(short, means, sds, ses)
 
 

@@ -9,7 +9,7 @@ from ppl.inference.mcmc.driver import nuts
 from ppl.inference.program import Program
 from ppl.inference.result import log_mean_exp_with_se
 from ppl.inference.runtime import seeded
-from ppl.inference.smc import tempered_smc
+from ppl.inference.smc import eve_se, tempered_smc
 from ppl.inference.target import UnconstrainedTarget
 from ppl.models import get_model
 
@@ -61,14 +61,9 @@ def test_tempered_smc_logistic_matches_reference(reference):
         est_s = ((W[:, None] * (x - est_m) ** 2).sum(0)).sqrt()
         # Chan–Lai / Lee–Whiteley: the variance of a weighted mean over resampled, moved particles
         # from the weight-scaled deviations summed within each time-0 ancestor's descendants
-        smc_m_se = _eve_se(W, eve, x - est_m)
-        smc_s_se = _eve_se(W, eve, (x - est_m) ** 2 - est_s**2) / (2 * est_s)
+        smc_m_se = eve_se(W, eve, x - est_m)
+        smc_s_se = eve_se(W, eve, (x - est_m) ** 2 - est_s**2) / (2 * est_s)
         assert torch.allclose(est_m, r.mean(name).double().reshape(-1))
         assert bool(((est_m - m.reshape(-1)).abs() < 4 * torch.sqrt(m_se.reshape(-1)**2 + smc_m_se**2)).all()), (name, est_m, m)
         assert bool(((est_s - s.reshape(-1)).abs() < 4 * torch.sqrt(s_se.reshape(-1)**2 + smc_s_se**2)).all()), (name, est_s, s)
 
-
-def _eve_se(W: torch.Tensor, eve: torch.Tensor, dev: torch.Tensor) -> torch.Tensor:
-    """sqrt(sum_j (sum_{i: eve_i = j} W_i dev_i)^2), per column of ``dev`` (N, K)."""
-    per_eve = torch.zeros(W.shape[0], dev.shape[1], dtype=dev.dtype).index_add_(0, eve, W[:, None] * dev)
-    return per_eve.pow(2).sum(0).sqrt()

@@ -2,7 +2,7 @@
 twisted SMC and particle MCMC, all batched over particles (and over independent particle systems).
 """
 from ppl.inference.smc.feynman_kac import (FeynmanKac, FKModel, NonFiniteWeightError, SMCOutput, StateShapeError,
-                                           ffbs, fixed_lag_se, lee_whiteley_se, run_smc)
+                                           eve_se, ffbs, fixed_lag_se, lee_whiteley_se, run_smc)
 from ppl.inference.smc.filters import (StateSpaceFK, particle_filter, pf, pooled_log_evidence, register_step_form,
                                        run_with_retries, smc_result)
 from ppl.inference.smc.pmcmc import conditional_smc, particle_gibbs, pmmh
@@ -14,7 +14,7 @@ from ppl.inference.smc.twisted import TwistedFK, twisted_smc
 from ppl.inference.smc.reference import gaussian_reference
 
 __all__ = [
-    "FeynmanKac", "FKModel", "SMCOutput", "run_smc", "ffbs", "lee_whiteley_se", "fixed_lag_se",
+    "FeynmanKac", "FKModel", "SMCOutput", "run_smc", "ffbs", "lee_whiteley_se", "fixed_lag_se", "eve_se",
     "NonFiniteWeightError", "StateShapeError",
     "StateSpaceFK", "particle_filter", "pf", "pooled_log_evidence", "register_step_form", "run_with_retries",
     "smc_result",

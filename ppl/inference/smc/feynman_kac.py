@@ -203,6 +203,17 @@ def _lineage_mass_squares(weights: torch.Tensor, ancestor: torch.Tensor, S: int,
     return mass.reshape(S, N).pow(2).sum(-1)
 
 
+def eve_se(weights: torch.Tensor, eve: torch.Tensor, deviations: torch.Tensor) -> torch.Tensor:
+    """Standard error of a weighted particle average from the Eve indices (Chan & Lai 2013), per column.
+
+    ``weights`` (N,) normalised, ``eve`` (N,) time-0 ancestors, ``deviations`` (N, K) the values
+    minus their weighted mean: sqrt(sum_j (sum_{i: eve_i = j} W_i dev_i)^2). For an sd, pass
+    squared deviations minus the variance and divide the result by 2 sd (delta method).
+    """
+    per_eve = torch.zeros(deviations.shape, dtype=deviations.dtype, device=deviations.device)
+    return per_eve.index_add_(0, eve, weights[:, None] * deviations).pow(2).sum(0).sqrt()
+
+
 def lee_whiteley_se(log_weights: torch.Tensor, eve: torch.Tensor, num_resampled: torch.Tensor) -> torch.Tensor:
     """Standard error of log Z from the Eve indices (Lee & Whiteley 2018; Chan & Lai 2013).
 
