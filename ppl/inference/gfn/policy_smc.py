@@ -78,7 +78,10 @@ class PolicyFK(FeynmanKac):
         stop = a == env.stop
         stay = (-1,) + (1,) * (s.dim() - 1)
         nxt = torch.where(stop.view(stay), sa, env.step(sa, a))  # step() may return anything on stop rows
-        _, b_logits, flow = self._heads(nxt)
+        # the network at s' only when the twist is its flow or P_B is learned (uniform P_B, psi = 1: no pass)
+        b_logits, flow = None, None
+        if self.twist == "flow" or getattr(self.policy, "learn_pb", False):
+            _, b_logits, flow = self._heads(nxt)
         psi_prev = log_psi.index_select(0, active)
         # a move: psi(s') P_B(s | s') / (psi(s) P_F(s' | s))
         bmask = env.backward_mask(nxt)
@@ -86,11 +89,12 @@ class PolicyFK(FeynmanKac):
         log_pb_all = masked_log_softmax(b_logits, bmask)
         back = env.backward_action(sa, a).clamp(min=0)  # (stop rows: unused)
         log_pb = log_pb_all.gather(1, back.unsqueeze(1)).squeeze(1)
-        psi_next = self._log_psi(nxt, flow)
+        psi_next = self._log_psi(nxt, torch.zeros_like(log_pf) if flow is None else flow)
         moved = psi_next + log_pb - log_pf - psi_prev
         # a stop: R(x) / (psi(x) P_F(stop | x)); the twist of a stopped particle is spent
-        stopped = env.log_reward(sa).to(log_pf.dtype) - log_pf - psi_prev
-        g = torch.where(stop, stopped, moved)
+        ended = stop.nonzero().squeeze(1)
+        log_r = torch.zeros_like(log_pf).index_copy(0, ended, env.log_reward(sa.index_select(0, ended)).to(log_pf.dtype))
+        g = torch.where(stop, log_r - log_pf - psi_prev, moved)
         log_g = log_g.index_copy(0, active, torch.nan_to_num(g, nan=-math.inf))
         s = s.index_copy(0, active, nxt)
         done = done.index_copy(0, active, stop)

@@ -185,7 +185,8 @@ class Adapter:
         if isinstance(self.kernel, ChEES):
             self.kernel.adapt(info, state.inv_mass, state.step_size)
         chain_accept = torch.nan_to_num(info.accept_prob, nan=0.0)
-        self.accepted = chain_accept if self.accepted is None else self.accepted + chain_accept
+        if self.respawn:
+            self.accepted = chain_accept if self.accepted is None else self.accepted + chain_accept
         if self.adapt_step_size:
             accept = chain_accept.mean().expand_as(chain_accept) if self.pool else chain_accept
             self.da = self.da.update(accept, self.target_accept)
