@@ -1,12 +1,15 @@
-"""Benchmark: GFlowNet training on HyperGrid (TB, batch 256, MLP 256x2, uniform P_B), ours vs torchgfn.
+"""Benchmark: GFlowNet training on HyperGrid (TB, batch 256, MLP 256x2 ReLU), ours vs torchgfn.
 
+The same policy on both sides: torchgfn's ``MLP`` (two hidden layers of 256, ReLU) and our
+``Policy(activation="relu")``, with P_B either uniform or learned on the shared trunk (torchgfn's
+``train_hypergrid_simple.py`` default: a P_B head tied to the P_F trunk; ours: one head for both).
 Measures training iterations per second and the wall time until the policy's exact terminal
 distribution (dynamic programming, no sampling noise) is within L1 0.05 of the normalised reward.
 torch runs on one thread (its default threads collapse when another process holds a core).
 torchgfn is optional: if ``import gfn`` fails (or TORCHGFN_PATH does not hold it) it is skipped
 and the JSON says so. Writes bench/results/gfn.json.
 
-    python bench/bench_gfn.py [--max-iters 1000] [--max-seconds 240] [--diffusion-iters 400]
+    python bench/bench_gfn.py [--max-iters 1000] [--max-seconds 240] [--pb uniform learned] [--diffusion-iters 400]
 """
 from __future__ import annotations
 
@@ -20,21 +23,26 @@ from pathlib import Path
 
 import torch
 
-from ppl.inference.gfn import TrainConfig, Trainer, l1_to_target, terminal_distribution
+from ppl.inference.gfn import Policy, TrainConfig, Trainer, l1_to_target, terminal_distribution
 from ppl.inference.gfn.env import masked_log_softmax
 from ppl.models.gfn_envs import HyperGrid
 
 BATCH, HIDDEN, TARGET_L1 = 256, 256, 0.05
 
 
-def bench_ours(ndim, height, max_iters, max_seconds, eval_every, seed=0):
+def _our_trainer(env, learn_pb, seed):
+    policy = Policy(env.encoding_dim, env.n_actions, env.n_bactions, HIDDEN, 2, learn_pb=learn_pb, activation="relu")
+    return Trainer(env, policy, TrainConfig(loss="tb", batch_size=BATCH, lr=1e-3, lr_log_z=0.1), seed=seed)
+
+
+def bench_ours(ndim, height, max_iters, max_seconds, eval_every, learn_pb=False, seed=0):
     env = HyperGrid(ndim, height, R0=0.1)
-    tr = Trainer(env, config=TrainConfig(loss="tb", batch_size=BATCH, lr=1e-3, lr_log_z=0.1), seed=seed, hidden=HIDDEN)
+    tr = _our_trainer(env, learn_pb, seed)
     tr.train(5)  # warm-up
     t0 = time.perf_counter(); n = 30
     tr.train(n)
     its = n / (time.perf_counter() - t0)
-    tr = Trainer(env, config=TrainConfig(loss="tb", batch_size=BATCH, lr=1e-3, lr_log_z=0.1), seed=seed, hidden=HIDDEN)
+    tr = _our_trainer(env, learn_pb, seed)
     return {"iters_per_s": its, **_time_to_l1(env, tr.step, lambda: l1_to_target(env, tr.policy), max_iters,
                                               max_seconds, eval_every), "log_z": tr.policy.log_z.item(),
             "true_log_z": env.true_log_z()}
@@ -56,7 +64,7 @@ def _time_to_l1(env, step, l1_fn, max_iters, max_seconds, eval_every):
             "final_l1": l1, "iters_run": it, "train_time_s": train_time, "iters_per_s_over_run": it / train_time}
 
 
-def bench_torchgfn(ndim, height, max_iters, max_seconds, eval_every, seed=0):
+def bench_torchgfn(ndim, height, max_iters, max_seconds, eval_every, learn_pb=False, seed=0):
     from gfn.estimators import DiscretePolicyEstimator
     from gfn.gflownet import TBGFlowNet
     from gfn.gym import HyperGrid as TGHyperGrid
@@ -67,7 +75,8 @@ def bench_torchgfn(ndim, height, max_iters, max_seconds, eval_every, seed=0):
     tenv = TGHyperGrid(ndim=ndim, height=height, reward_fn_kwargs={"R0": 0.1, "R1": 0.5, "R2": 2.0})
     pre = KHotPreprocessor(height=height, ndim=ndim)
     pf_mod = MLP(input_dim=pre.output_dim, output_dim=tenv.n_actions, hidden_dim=HIDDEN, n_hidden_layers=2)
-    pb_mod = UniformModule(output_dim=tenv.n_actions - 1)
+    pb_mod = (MLP(input_dim=pre.output_dim, output_dim=tenv.n_actions - 1, trunk=pf_mod.trunk) if learn_pb
+              else UniformModule(output_dim=tenv.n_actions - 1))
     pf = DiscretePolicyEstimator(pf_mod, tenv.n_actions, preprocessor=pre, is_backward=False)
     pb = DiscretePolicyEstimator(pb_mod, tenv.n_actions, preprocessor=pre, is_backward=True)
     net = TBGFlowNet(pf=pf, pb=pb, logZ=0.0)
@@ -94,7 +103,7 @@ def bench_torchgfn(ndim, height, max_iters, max_seconds, eval_every, seed=0):
         step()
     its = n / (time.perf_counter() - t0)
     # fresh model for the time-to-L1 run
-    for m in pf_mod.modules():
+    for m in [*pf_mod.modules(), *pb_mod.modules()]:
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
     with torch.no_grad():
@@ -130,6 +139,8 @@ def main(argv=None):
     ap.add_argument("--max-iters", type=int, default=1000)
     ap.add_argument("--max-seconds", type=float, default=240.0)
     ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--pb", nargs="+", choices=["uniform", "learned"], default=["uniform", "learned"],
+                    help="backward policies to run: uniform, and/or learned on the shared trunk")
     ap.add_argument("--diffusion-iters", type=int, default=0, help="also run the 25-GMM diffusion sampler (0: skip)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gfn.json"))
     args = ap.parse_args(argv)
@@ -142,22 +153,24 @@ def main(argv=None):
         have_tg, why = True, None
     except Exception as e:  # pragma: no cover - depends on the machine
         have_tg, why = False, f"torchgfn not importable: {e}"
-    results = {"batch": BATCH, "hidden": HIDDEN, "loss": "tb", "pb": "uniform", "threads": 1,
+    results = {"batch": BATCH, "hidden": HIDDEN, "activation": "relu", "loss": "tb", "threads": 1,
                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                "load_avg_start": os.getloadavg()[0], "tasks": {}}
-    for ndim, height in ((2, 8), (4, 8)):
-        key = f"hypergrid_{ndim}d_h{height}"
-        row = {"ours": bench_ours(ndim, height, args.max_iters, args.max_seconds, args.eval_every)}
-        print(key, "ours", row["ours"], flush=True)
-        if have_tg:
-            row["torchgfn"] = bench_torchgfn(ndim, height, args.max_iters, args.max_seconds, args.eval_every)
-            row["speedup_iters_per_s"] = row["ours"]["iters_per_s"] / row["torchgfn"]["iters_per_s"]
-            row["speedup_over_training_run"] = (row["ours"]["iters_per_s_over_run"]
-                                                / row["torchgfn"]["iters_per_s_over_run"])
-            print(key, "torchgfn", row["torchgfn"], flush=True)
-        else:
-            row["torchgfn"] = {"skipped": why}
-        results["tasks"][key] = row
+    for pb in args.pb:
+        learn_pb = pb == "learned"
+        for ndim, height in ((2, 8), (4, 8)):
+            key = f"hypergrid_{ndim}d_h{height}" + ("_learned_pb" if learn_pb else "")
+            row = {"pb": pb, "ours": bench_ours(ndim, height, args.max_iters, args.max_seconds, args.eval_every, learn_pb)}
+            print(key, "ours", row["ours"], flush=True)
+            if have_tg:
+                row["torchgfn"] = bench_torchgfn(ndim, height, args.max_iters, args.max_seconds, args.eval_every, learn_pb)
+                row["speedup_iters_per_s"] = row["ours"]["iters_per_s"] / row["torchgfn"]["iters_per_s"]
+                row["speedup_over_training_run"] = (row["ours"]["iters_per_s_over_run"]
+                                                    / row["torchgfn"]["iters_per_s_over_run"])
+                print(key, "torchgfn", row["torchgfn"], flush=True)
+            else:
+                row["torchgfn"] = {"skipped": why}
+            results["tasks"][key] = row
     if args.diffusion_iters > 0:
         results["tasks"]["diffusion_gmm25"] = bench_diffusion(args.diffusion_iters)
         print("diffusion_gmm25", results["tasks"]["diffusion_gmm25"], flush=True)

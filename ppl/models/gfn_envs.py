@@ -37,18 +37,20 @@ class HyperGrid(Env):
         self.encoding_dim = ndim * height
         self._powers = height ** torch.arange(ndim, device=self.device)
         self._offsets = height * torch.arange(ndim, device=self.device)
+        # row a: the increment of forward action a (the stop row is zero)
+        self._moves = torch.cat([torch.eye(ndim, dtype=torch.long), torch.zeros(1, ndim, dtype=torch.long)]).to(self.device)
 
     def initial(self, n: int) -> torch.Tensor:
         return torch.zeros(n, self.ndim, dtype=torch.long, device=self.device)
 
     def forward_mask(self, s: torch.Tensor) -> torch.Tensor:
-        return torch.cat([s < self.height - 1, torch.ones_like(s[:, :1], dtype=torch.bool)], 1)
+        return torch.nn.functional.pad(s < self.height - 1, (0, 1), value=True)  # stop always valid
 
     def backward_mask(self, s: torch.Tensor) -> torch.Tensor:
         return s > 0
 
     def step(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return s.scatter_add(1, a.clamp(max=self.ndim - 1).unsqueeze(1), (a < self.ndim).long().unsqueeze(1))
+        return s + self._moves.index_select(0, a)
 
     def backward_step(self, s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return s - torch.nn.functional.one_hot(b, self.ndim)

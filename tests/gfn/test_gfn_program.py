@@ -98,7 +98,7 @@ def test_gfn_engine_on_a_discrete_program_matches_enumeration():
 def test_gfn_engine_on_a_conjugate_gaussian():
     def model(y):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
-        s = pyro.sample("s", dist.LogNormal(0.0, 0.5))
+        pyro.sample("s", dist.LogNormal(0.0, 0.5))  # a second latent, independent of y
         with pyro.plate("d", y.shape[0]):
             pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 

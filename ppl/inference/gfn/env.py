@@ -9,7 +9,7 @@ the initial state, so losses need no Python loop over trajectories.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -127,7 +127,8 @@ class Trajectories:
     actions: torch.Tensor
     length: torch.Tensor
     log_reward: torch.Tensor
-    log_pf_sum: Optional[torch.Tensor] = None  # on-policy TB: sum log P_F with its graph (trajectory_log_pf)
+    log_pf_sum: Optional[torch.Tensor] = None  # on-policy TB: sum log P_F with its graph (trajectory_log_probs)
+    log_pb_sum: Optional[torch.Tensor] = None  # and sum log P_B
     forward_inputs: Optional["ForwardInputs"] = None  # what the rollout fed the policy (sample_forward(keep_inputs=True))
 
     @property
@@ -202,9 +203,26 @@ def distinct_states(states: torch.Tensor, worth: float = 0.75, key: Optional[tor
     uniq, inverse = torch.unique(key, return_inverse=True)
     if uniq.shape[0] > worth * n:
         return states, None
-    # any row of a key is a representative (its duplicates are the same state)
-    first = inverse.new_empty(uniq.shape[0]).scatter_(0, inverse, torch.arange(n, device=inverse.device))
-    return states.index_select(0, first), inverse
+    # every row is copied to its key's slot: duplicates are the same state, so any copy may land
+    distinct = states.new_empty((uniq.shape[0],) + tuple(states.shape[1:])).index_copy_(0, inverse, states)
+    return distinct, inverse
+
+
+def neg_gumbel(shape, generator: Optional[torch.Generator] = None, dtype=None, device=None) -> torch.Tensor:
+    """``log(-log u)`` for uniform u: minus a Gumbel(0, 1) draw (u = 0 gives +inf, which only rules its entry out)."""
+    return torch.rand(shape, dtype=dtype, device=device, generator=generator).log_().neg_().log_()
+
+
+def gumbel_argmax(scores: torch.Tensor, generator: Optional[torch.Generator] = None,
+                  noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One index per row drawn with probability proportional to ``exp(scores)`` (Gumbel-max).
+
+    ``scores`` need not be normalised and are overwritten; -inf entries are never drawn.
+    ``noise`` (from :func:`neg_gumbel`, drawn ahead for many steps at once) replaces a fresh draw.
+    """
+    if noise is None:
+        noise = neg_gumbel(scores.shape, generator, scores.dtype, scores.device)
+    return scores.sub_(noise).argmax(-1)
 
 
 def sample_actions(log_probs: torch.Tensor, mask: torch.Tensor, epsilon: float = 0.0,
@@ -216,23 +234,27 @@ def sample_actions(log_probs: torch.Tensor, mask: torch.Tensor, epsilon: float =
     if epsilon > 0.0:
         uni = masked_log_softmax(torch.zeros_like(logp), mask)
         logp = torch.logaddexp(logp + torch.log1p(torch.tensor(-epsilon)), uni + torch.log(torch.tensor(epsilon)))
-    g = torch.rand(logp.shape, device=logp.device, generator=generator).clamp_(1e-20, 1.0)
-    g = g.log_().neg_().log_().neg_()  # Gumbel(0, 1), in place
-    return torch.where(mask, logp, float("-inf")).add_(g).argmax(-1)
+    return gumbel_argmax(torch.where(mask, logp, float("-inf")), generator)
 
 
 @dataclass
 class ForwardInputs:
-    """What a rollout fed the policy network, so on-policy scoring need not rebuild it.
+    """What a rollout fed the policy network (and got back), so on-policy scoring need not rebuild it.
 
-    ``encoded`` ``(R, encoding_dim)`` and ``mask`` ``(R, n_actions)``: the distinct states of
-    every step, stacked; ``row`` ``(T, n)``: the row of ``encoded`` that trajectory i's state at
-    step t used (-1 once it has stopped).
+    ``states`` ``(R, *state_shape)``, ``encoded`` ``(R, encoding_dim)`` and ``mask`` ``(R, n_actions)``:
+    the distinct states of every step, stacked; ``row`` ``(T, n)``: the row that trajectory i's state
+    at step t used (-1 once it has stopped). ``linear_outputs``: every linear layer's output on those
+    rows, when the policy can record them (:meth:`Policy.replay` turns them into a graph).
     """
 
+    states: torch.Tensor
     encoded: torch.Tensor
     mask: torch.Tensor
     row: torch.Tensor
+    linear_outputs: Optional[List[torch.Tensor]] = None
+
+
+NOISE_BLOCK = 1 << 20  # Gumbel noise entries a rollout draws at once (fewer, larger random draws)
 
 
 def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: float = 1.0,
@@ -242,42 +264,62 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
 
     ``start`` begins the rollouts at given states instead of the initial state (local search
     rebuilds from there); the loop runs over steps only, every trajectory advancing together, and
-    the network sees only the trajectories still running, once per distinct state. The rollout
+    the network sees each distinct state of a step once (the trajectories that have stopped share
+    one dummy row). Without exploration, actions are drawn by Gumbel-max from the raw logits, with
+    the noise drawn for many steps at once (``NOISE_BLOCK`` entries). The rollout
     runs without autograd; losses score the batch afterwards (:func:`~ppl.inference.gfn.losses.evaluate`,
-    or ``trajectory_log_pf`` for on-policy TB): one network pass over the distinct states of the
+    or ``trajectory_log_probs`` for on-policy TB): one network pass over the distinct states of the
     whole batch is cheaper than an autograd graph through every step. ``keep_inputs`` keeps the
-    network's inputs in ``forward_inputs`` (:class:`ForwardInputs`) for that scoring pass.
+    network's inputs in ``forward_inputs`` (:class:`ForwardInputs`), and, for a policy with
+    ``replay`` (:class:`Policy`), its linear outputs, so scoring replays them instead of a second pass.
     """
     s = env.initial(n) if start is None else start
     n, dev = s.shape[0], s.device
     T = max_steps or env.max_steps
+    stop = env.stop
+    stay = (n,) + (1,) * (s.dim() - 1)
+    s0 = env.initial(1).expand(stay[:1] + tuple(s.shape[1:]))
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     states, actions = [s], []
-    encoded, masks, rows, used = [], [], [], 0
-    stay = (n,) + (1,) * (s.dim() - 1)
+    kept_states, encoded, masks, rows, used = [], [], [], [], 0
+    record = [] if keep_inputs and hasattr(policy, "replay") else None
+    plain = epsilon == 0.0 and temperature == 1.0
+    block = max(1, NOISE_BLOCK // max(1, n * env.n_actions))  # steps whose Gumbel noise is drawn at once
     with torch.no_grad():
-        for _ in range(T):
-            active = (~done).nonzero().squeeze(1)
-            sa = s.index_select(0, active)
-            distinct, inverse = distinct_states(sa, key=env.state_key(sa))
+        for t in range(T):
+            # every row takes part; stopped rows are folded into one dummy row (their key -1, or s0)
+            key = env.state_key(s)
+            if key is None:
+                distinct, inverse = distinct_states(torch.where(done.view(stay), s0, s))
+            else:
+                distinct, inverse = distinct_states(s, key=key.masked_fill(done, -1))
             x, mask = env.encode(distinct), env.forward_mask(distinct)
-            logp = policy.log_pf(x, mask)
+            if record is not None:  # raw logits, and the linear outputs kept for the loss's replayed graph
+                record.append([])
+                scores = torch.where(mask, policy.split(policy(x, record=record[-1]))[0], float("-inf"))
+            else:
+                scores = policy.log_pf(x, mask)
             if keep_inputs:
+                kept_states.append(distinct)
                 encoded.append(x)
                 masks.append(mask)
-                local = torch.arange(sa.shape[0], device=dev) if inverse is None else inverse
-                rows.append(torch.full((n,), -1, dtype=torch.long, device=dev).index_copy_(0, active, local + used))
+                local = torch.arange(n, device=dev) if inverse is None else inverse
+                rows.append((local + used).masked_fill_(done, -1))
                 used += distinct.shape[0]
             if inverse is not None:
-                logp, mask = logp.index_select(0, inverse), mask.index_select(0, inverse)
-            a_act = sample_actions(logp, mask, epsilon, temperature, generator)
-            moving = a_act != env.stop
-            nxt = torch.where(moving.view((-1,) + stay[1:]), env.step(sa, a_act), sa)  # step() may return anything on stop rows
-            s = s.index_copy(0, active, nxt)
-            a = torch.full((n,), -1, dtype=torch.long, device=dev).index_copy_(0, active, a_act)
-            done = done | (a == env.stop)
+                scores = scores.index_select(0, inverse)
+            if plain:  # Gumbel-max needs no normalisation
+                if t % block == 0:
+                    noise = neg_gumbel((min(block, T - t), n, env.n_actions), generator, scores.dtype, dev)
+                a = gumbel_argmax(scores, noise=noise[t % block])
+            else:
+                m = mask if inverse is None else mask.index_select(0, inverse)
+                a = sample_actions(masked_log_softmax(scores, m), m, epsilon, temperature, generator)
+            a = a.masked_fill_(done, stop)  # stopped rows stay stopped
+            actions.append(a.masked_fill(done, -1))
+            done = a == stop
+            s = torch.where(done.view(stay), s, env.step(s, a))  # step() may return anything on stop rows
             states.append(s)
-            actions.append(a)
             if bool(done.all()):
                 break
     if not bool(done.all()):
@@ -286,7 +328,9 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
     st, act = torch.stack(states), torch.stack(actions)
     tr = Trajectories(st, act, (act >= 0).sum(0), env.log_reward(st[-1]))
     if keep_inputs:
-        tr.forward_inputs = ForwardInputs(torch.cat(encoded), torch.cat(masks), torch.stack(rows))
+        outs = None if record is None else [torch.cat(layer) for layer in zip(*record)]
+        tr.forward_inputs = ForwardInputs(torch.cat(kept_states), torch.cat(encoded), torch.cat(masks),
+                                          torch.stack(rows), outs)
     return tr
 
 

@@ -7,11 +7,12 @@ then tensor arithmetic on those, with no loop over trajectories or steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ppl.inference.gfn.env import BackwardPolicyError, Env, Trajectories, distinct_states, masked_log_softmax
+from ppl.inference.gfn.env import (BackwardPolicyError, Env, Trajectories, distinct_states, masked_log_softmax,
+                                  uniform_log_pb_sum)
 
 
 @dataclass
@@ -33,27 +34,56 @@ class StepTerms:
         return self.log_pb.sum(0)
 
 
-def trajectory_log_pf(env: Env, policy, tr: Trajectories) -> torch.Tensor:
-    """sum_t log P_F(a_t | s_t) per trajectory, from one network pass over the batch's distinct states.
+def trajectory_log_probs(env: Env, policy, tr: Trajectories) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(sum_t log P_F, sum_t log P_B) per trajectory, with their graphs, from one network pass at most.
 
-    The on-policy trajectory-balance path: rolling out without autograd and scoring the batch once
-    afterwards costs one forward and one backward pass over the (few) distinct states, instead of
-    a graph through every step of the rollout. With ``tr.forward_inputs`` (a rollout run with
-    ``keep_inputs=True``) the rollout's own network inputs and masks are reused.
+    The on-policy trajectory-balance path. With ``tr.forward_inputs`` (a rollout run with
+    ``keep_inputs=True``) the rollout's own distinct states, inputs and masks are reused, and when
+    it also recorded the network's linear outputs the graph is replayed from them
+    (:meth:`Policy.replay`), so training costs one forward pass (the rollout's) and one backward.
+    Otherwise the network runs once over the batch's distinct states. log P_B is the policy's
+    learned backward policy when it has one, else the uniform one.
     """
     T, n = tr.T, tr.n
     acts = tr.actions.clamp(min=0)
     kept = tr.forward_inputs
     if kept is not None:
-        log_pf = policy.log_pf(kept.encoded, kept.mask)
-        picked = log_pf[kept.row.clamp(min=0), acts]
-        return torch.where(kept.row >= 0, picked, torch.zeros_like(picked)).sum(0)
+        rows, states, mask = kept.row, kept.states, kept.mask
+        out = (policy(kept.encoded) if kept.linear_outputs is None
+               else policy.replay(kept.encoded, kept.linear_outputs))
+    else:
+        src = tr.states[:T].reshape((T * n,) + tuple(tr.states.shape[2:]))
+        states, inverse = distinct_states(src)
+        rows = (torch.arange(T * n, device=src.device) if inverse is None else inverse).reshape(T, n)
+        rows = torch.where(tr.valid(), rows, torch.full_like(rows, -1))
+        mask = env.forward_mask(states)
+        out = policy(env.encode(states))
+    f_logits, b_logits, _ = policy.split(out)
+    log_pf = masked_log_softmax(f_logits, mask)
+    used = rows >= 0
+    picked = log_pf[rows.clamp(min=0), acts]
+    sum_log_pf = torch.where(used, picked, torch.zeros_like(picked)).sum(0)
+    if b_logits is None:
+        return sum_log_pf, uniform_log_pb_sum(env, tr)
+    # P_B(s_t | s_{t+1}) is read at s_{t+1}'s row: the state every moving step leads to is scored at the next step
+    moving = used & (tr.actions != env.stop)
+    child = torch.cat([rows[1:], torch.full_like(rows[:1], -1)]).clamp(min=0)
+    log_pb_rows = masked_log_softmax(b_logits, env.backward_mask(states))
     src = tr.states[:T].reshape((T * n,) + tuple(tr.states.shape[2:]))
-    distinct, inverse = distinct_states(src)
-    log_pf = policy.log_pf(env.encode(distinct), env.forward_mask(distinct))
-    rows = torch.arange(T * n, device=src.device) if inverse is None else inverse
-    picked = log_pf[rows, acts.reshape(-1)].reshape(T, n)
-    return torch.where(tr.valid(), picked, torch.zeros_like(picked)).sum(0)
+    bact = env.backward_action(src, acts.reshape(-1)).reshape(T, n).clamp(min=0)
+    picked_b = log_pb_rows[child, bact]
+    picked_b = torch.where(moving, picked_b, torch.zeros_like(picked_b))
+    if not bool(torch.isfinite(picked_b).all()):
+        raise BackwardPolicyError(
+            "the backward policy gives zero probability to a transition used by a trajectory; "
+            "P_B must put mass on every parent a forward trajectory can come from (check the backward mask)"
+        )
+    return sum_log_pf, picked_b.sum(0)
+
+
+def trajectory_log_pf(env: Env, policy, tr: Trajectories) -> torch.Tensor:
+    """sum_t log P_F per trajectory (:func:`trajectory_log_probs`'s first half)."""
+    return trajectory_log_probs(env, policy, tr)[0]
 
 
 def evaluate(env: Env, policy, tr: Trajectories, forward_looking: bool = False,

@@ -1,22 +1,51 @@
 """MLP policies over environment states: masked forward logits, optional backward logits and log-flow."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ppl.inference.gfn.env import masked_log_softmax
 
 
-def mlp(n_in: int, n_out: int, hidden: int = 256, layers: int = 2) -> nn.Sequential:
-    """A plain MLP with LeakyReLU activations."""
+ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+def activation_module(name: str) -> nn.Module:
+    """The activation called ``name`` (one of :data:`ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(n_in: int, n_out: int, hidden: int = 256, layers: int = 2, activation: str = "leaky_relu") -> nn.Sequential:
+    """A plain MLP: ``layers`` hidden layers of width ``hidden``, each followed by ``activation``."""
     mods, d = [], n_in
     for _ in range(layers):
-        mods += [nn.Linear(d, hidden), nn.LeakyReLU()]
+        mods += [nn.Linear(d, hidden), activation_module(activation)]
         d = hidden
     mods.append(nn.Linear(d, n_out))
     return nn.Sequential(*mods)
+
+
+class _ReplayLinear(torch.autograd.Function):
+    """A linear layer whose output was already computed without autograd: forward hands that output
+    back, backward is the layer's usual one (so a replayed pass costs no matrix products)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, out):  # noqa: D102 - autograd protocol
+        ctx.save_for_backward(x, weight)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102 - autograd protocol
+        x, weight = ctx.saved_tensors
+        gx = grad @ weight if ctx.needs_input_grad[0] else None
+        gw = grad.t() @ x if ctx.needs_input_grad[1] else None
+        gb = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
 
 
 class Policy(nn.Module):
@@ -24,22 +53,55 @@ class Policy(nn.Module):
 
     One trunk with three heads, so a batch of states costs one network pass. ``learn_pb=False``
     means the uniform backward policy (the usual choice; it makes TB unbiased for any P_F).
-    ``log_z`` is the learned log partition function used by trajectory balance.
+    ``log_z`` is the learned log partition function used by trajectory balance. ``layers`` hidden
+    layers of width ``hidden`` with ``activation`` (leaky_relu, relu, tanh, elu); torchgfn's MLP is
+    ``layers=2, activation="relu"``.
     """
 
     def __init__(self, encoding_dim: int, n_actions: int, n_bactions: int, hidden: int = 256,
-                 layers: int = 2, learn_pb: bool = False, log_z_init: float = 0.0) -> None:
+                 layers: int = 2, learn_pb: bool = False, log_z_init: float = 0.0,
+                 activation: str = "leaky_relu") -> None:
         super().__init__()
         self.n_actions, self.n_bactions, self.learn_pb = n_actions, n_bactions, learn_pb
-        self.trunk = mlp(encoding_dim, hidden, hidden, layers - 1) if layers > 1 else nn.Identity()
+        self.trunk = mlp(encoding_dim, hidden, hidden, layers - 1, activation) if layers > 1 else nn.Identity()
         d = hidden if layers > 1 else encoding_dim
-        self.act = nn.LeakyReLU()
+        self.act = activation_module(activation)
         self.head = nn.Linear(d, n_actions + (n_bactions if learn_pb else 0) + 1)
         self.log_z = nn.Parameter(torch.tensor(float(log_z_init)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.trunk(x)
-        return self.head(self.act(h) if not isinstance(self.trunk, nn.Identity) else h)
+    def layers(self) -> List[nn.Module]:
+        """The network's modules in the order they apply (trunk, activation, head)."""
+        if isinstance(self.trunk, nn.Identity):
+            return [self.head]
+        return [*self.trunk, self.act, self.head]
+
+    def forward(self, x: torch.Tensor, record: Optional[list] = None) -> torch.Tensor:
+        """The network's output; ``record`` (a list) receives every linear layer's output, for :meth:`replay`."""
+        h = x
+        for m in self.layers():
+            if isinstance(m, nn.Linear):
+                h = F.linear(h, m.weight, m.bias)
+                if record is not None:
+                    record.append(h)
+            else:
+                h = m(h)
+        return h
+
+    def replay(self, x: torch.Tensor, linear_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``self(x)`` with its autograd graph, rebuilt from the linear outputs that ``forward(x, record=...)``
+        recorded without autograd (same parameters): activations are recomputed, products are not.
+
+        A rollout runs the network on every state it visits anyway; replaying those outputs gives the
+        training loss its graph for one backward pass and no second forward pass.
+        """
+        h, k = x, 0
+        for m in self.layers():
+            if isinstance(m, nn.Linear):
+                h = _ReplayLinear.apply(h, m.weight, m.bias, linear_outputs[k])
+                k += 1
+            else:
+                h = m(h)
+        return h
 
     def split(self, out: torch.Tensor):
         """(forward logits, backward logits or None, log-flow) from one network output."""

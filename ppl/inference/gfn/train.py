@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Union
 import torch
 from tqdm.auto import tqdm
 
-from ppl.inference.gfn.env import Env, Trajectories, sample_backward, sample_forward, uniform_log_pb_sum
-from ppl.inference.gfn.losses import evaluate, gfn_loss, trajectory_log_pf
+from ppl.inference.gfn.env import Env, Trajectories, sample_backward, sample_forward
+from ppl.inference.gfn.losses import evaluate, gfn_loss, trajectory_log_probs
 from ppl.inference.gfn.policy import Policy, backward_policy_fn
 from ppl.inference.runtime import seeded
 
@@ -153,10 +153,10 @@ class Trainer:
     def batch(self) -> Trajectories:
         """One training batch: on-policy (or explored) rollouts, plus replayed and local-search ones."""
         c, env = self.config, self.env
-        fast = c.loss in ("tb", "vargrad") and not c.replay and not self.policy.learn_pb
+        fast = c.loss in ("tb", "vargrad") and not c.replay
         tr = sample_forward(env, self.policy, c.batch_size, c.epsilon, c.temperature, self.generator, keep_inputs=fast)
-        if fast:  # on-policy TB / VarGrad: log P_F scored in one pass over the batch's distinct states
-            tr.log_pf_sum = trajectory_log_pf(env, self.policy, tr)
+        if fast:  # TB / VarGrad on the rollout's own batch: scored from what the rollout computed
+            tr.log_pf_sum, tr.log_pb_sum = trajectory_log_probs(env, self.policy, tr)
         if not bool(torch.isfinite(tr.log_reward).any()):
             raise AllRewardsInfiniteError(
                 f"all {tr.n} sampled trajectories of {type(env).__name__} have log reward -inf: the sampler "
@@ -180,8 +180,8 @@ class Trainer:
         tr = self.batch()
         if self.iteration == 0 and self.config.init_log_z:
             self._init_log_z(tr)
-        if tr.log_pf_sum is not None:  # on-policy TB / VarGrad: log P_F scored in the batch pass
-            d = tr.log_pf_sum - tr.log_reward - uniform_log_pb_sum(self.env, tr)
+        if tr.log_pf_sum is not None:  # TB / VarGrad scored in the batch pass
+            d = tr.log_pf_sum - tr.log_reward - tr.log_pb_sum
             loss = (d + self.policy.log_z).pow(2).mean() if self.config.loss == "tb" else (d - d.mean()).pow(2).mean()
         else:
             loss = gfn_loss(self.config.loss, self.env, self.policy, tr, self.config.lamda)
