@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppl.inference.gfn import Policy, TrainConfig, Trainer, l1_to_target
-from ppl.inference.gfn.env import distinct_states, sample_forward
-from ppl.inference.gfn.losses import evaluate, trajectory_log_probs
+from ppl.inference.gfn.env import Trajectories, distinct_states, sample_forward
+from ppl.inference.gfn.losses import evaluate, gfn_loss, trajectory_log_probs
 from ppl.inference.gfn.policy import ACTIVATIONS
 from ppl.models.gfn_envs import HyperGrid
 
@@ -152,3 +152,24 @@ def test_rollouts_follow_the_policy_exactly(epsilon, temperature, noise_block, m
     chi2 = float(((counts[ok] - n * p[ok]) ** 2 / (n * p[ok])).sum())
     assert int(counts[~ok].sum()) == 0
     assert chi2 < 50.0, chi2  # 15 degrees of freedom: P(chi2 > 50) ~ 1e-5
+
+
+@pytest.mark.parametrize("learn_pb", [False, True])
+def test_evaluate_from_the_rollout_equals_a_fresh_pass(learn_pb):
+    """evaluate on a batch that carries its rollout's pass (DB, SubTB, FL-DB on-policy) matches a fresh pass:
+    log P_F, log P_B, and log F wherever the losses read it, with gradients."""
+    env = HyperGrid(3, 5, R0=0.1)
+    trainer = Trainer(env, config=TrainConfig(loss="db", batch_size=64), seed=0, hidden=32, learn_pb=learn_pb)
+    trainer.train(10)
+    with torch.no_grad():
+        tr = sample_forward(env, trainer.policy, 96, generator=torch.Generator().manual_seed(2), keep_inputs=True)
+    bare = Trajectories(tr.states, tr.actions, tr.length, tr.log_reward)
+    a, b = evaluate(env, trainer.policy, tr), evaluate(env, trainer.policy, bare)
+    upto = torch.arange(tr.T + 1).unsqueeze(1) < tr.length.unsqueeze(0)  # states s_0 .. s_{length-1}
+    for x, y in ((a.log_pf, b.log_pf), (a.log_pb, b.log_pb), (a.log_flow[upto], b.log_flow[upto])):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    params = [p for n, p in trainer.policy.named_parameters() if n != "log_z"]
+    for loss in ("db", "subtb", "fldb"):
+        grads = [torch.autograd.grad(gfn_loss(loss, env, trainer.policy, t), params) for t in (tr, bare)]
+        for x, y in zip(*grads):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))

@@ -81,14 +81,28 @@ def trajectory_log_probs(env: Env, policy, tr: Trajectories) -> Tuple[torch.Tens
     return sum_log_pf, picked_b.sum(0)
 
 
-def trajectory_log_pf(env: Env, policy, tr: Trajectories) -> torch.Tensor:
-    """sum_t log P_F per trajectory (:func:`trajectory_log_probs`'s first half)."""
-    return trajectory_log_probs(env, policy, tr)[0]
+def _outputs_per_state(env: Env, policy, tr: Trajectories, flat: torch.Tensor) -> torch.Tensor:
+    """The network's output at every state of ``tr`` (``(T+1) * n`` rows, padding included).
+
+    From the rollout's own pass when ``tr`` carries it (``forward_inputs``: replayed from the
+    recorded layer outputs when there are some; padding positions take the terminal state's row),
+    else from one pass over the batch's distinct states.
+    """
+    kept = tr.forward_inputs
+    if kept is not None:
+        out = policy(kept.encoded) if kept.linear_outputs is None else policy.replay(kept.encoded, kept.linear_outputs)
+        last = kept.row.gather(0, (tr.length - 1).clamp(min=0).unsqueeze(0))  # where each trajectory stopped
+        rows = torch.cat([kept.row, last])
+        return out.index_select(0, torch.where(rows >= 0, rows, last).reshape(-1))
+    distinct, inverse = distinct_states(flat)  # one network pass per distinct state
+    out = policy(env.encode(distinct))
+    return out if inverse is None else out[inverse]
 
 
 def evaluate(env: Env, policy, tr: Trajectories, forward_looking: bool = False,
              backward_policy: Optional[Callable] = None) -> StepTerms:
-    """One network pass over every state of ``tr``: log P_F, log P_B and log F per step.
+    """One network pass over every state of ``tr`` (or none, when ``tr`` carries its rollout's):
+    log P_F, log P_B and log F per step.
 
     ``backward_policy`` ``(encoded, mask) -> log P_B`` overrides the policy's own P_B (uniform
     unless learned). A used transition to which P_B gives zero mass raises
@@ -96,10 +110,7 @@ def evaluate(env: Env, policy, tr: Trajectories, forward_looking: bool = False,
     """
     T, n = tr.T, tr.n
     flat = tr.states.reshape((T + 1) * n, *tr.states.shape[2:])
-    distinct, inverse = distinct_states(flat)  # one network pass per distinct state
-    out = policy(env.encode(distinct))
-    if inverse is not None:
-        out = out[inverse]
+    out = _outputs_per_state(env, policy, tr, flat)
     f_logits, b_logits, flow = policy.split(out)
     f_logits = f_logits.reshape(T + 1, n, -1)[:T]
     flow = flow.reshape(T + 1, n)

@@ -153,9 +153,10 @@ class Trainer:
     def batch(self) -> Trajectories:
         """One training batch: on-policy (or explored) rollouts, plus replayed and local-search ones."""
         c, env = self.config, self.env
-        fast = c.loss in ("tb", "vargrad") and not c.replay
-        tr = sample_forward(env, self.policy, c.batch_size, c.epsilon, c.temperature, self.generator, keep_inputs=fast)
-        if fast:  # TB / VarGrad on the rollout's own batch: scored from what the rollout computed
+        # a batch of the rollout's own trajectories is scored from the rollout's forward pass (replayed)
+        own = not c.replay
+        tr = sample_forward(env, self.policy, c.batch_size, c.epsilon, c.temperature, self.generator, keep_inputs=own)
+        if own and c.loss in ("tb", "vargrad"):  # only the sums over each trajectory are needed
             tr.log_pf_sum, tr.log_pb_sum = trajectory_log_probs(env, self.policy, tr)
         if not bool(torch.isfinite(tr.log_reward).any()):
             raise AllRewardsInfiniteError(
