@@ -45,8 +45,8 @@ def test_distinct_states_wide_rows_and_float_states():
 def test_policy_replay_equals_forward_with_gradients(activation, layers):
     """A graph replayed from recorded linear outputs has the forward pass's value and gradients."""
     policy = Policy(7, 4, 3, hidden=16, layers=layers, learn_pb=True, activation=activation)
-    x = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
-    w = torch.randn(50, policy.head.out_features, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(5, 10, 7, generator=torch.Generator().manual_seed(0))  # batch dimensions, as F.linear allows
+    w = torch.randn(5, 10, policy.head.out_features, generator=torch.Generator().manual_seed(1))
     record = []
     with torch.no_grad():
         recorded = policy(x, record=record)

@@ -34,6 +34,13 @@ class StepTerms:
         return self.log_pb.sum(0)
 
 
+def _rollout_outputs(policy, kept) -> torch.Tensor:
+    """The network's output on a rollout's distinct states, with its graph: replayed when recorded, else recomputed."""
+    if kept.linear_outputs is None:
+        return policy(kept.encoded)
+    return policy.replay(kept.encoded, kept.linear_outputs)
+
+
 def trajectory_log_probs(env: Env, policy, tr: Trajectories) -> Tuple[torch.Tensor, torch.Tensor]:
     """(sum_t log P_F, sum_t log P_B) per trajectory, with their graphs, from one network pass at most.
 
@@ -46,13 +53,12 @@ def trajectory_log_probs(env: Env, policy, tr: Trajectories) -> Tuple[torch.Tens
     """
     T, n = tr.T, tr.n
     acts = tr.actions.clamp(min=0)
+    src = tr.states[:T].reshape((T * n,) + tuple(tr.states.shape[2:]))  # the state each action is taken from
     kept = tr.forward_inputs
     if kept is not None:
         rows, states, mask = kept.row, kept.states, kept.mask
-        out = (policy(kept.encoded) if kept.linear_outputs is None
-               else policy.replay(kept.encoded, kept.linear_outputs))
+        out = _rollout_outputs(policy, kept)
     else:
-        src = tr.states[:T].reshape((T * n,) + tuple(tr.states.shape[2:]))
         states, inverse = distinct_states(src)
         rows = (torch.arange(T * n, device=src.device) if inverse is None else inverse).reshape(T, n)
         rows = torch.where(tr.valid(), rows, torch.full_like(rows, -1))
@@ -69,7 +75,6 @@ def trajectory_log_probs(env: Env, policy, tr: Trajectories) -> Tuple[torch.Tens
     moving = used & (tr.actions != env.stop)
     child = torch.cat([rows[1:], torch.full_like(rows[:1], -1)]).clamp(min=0)
     log_pb_rows = masked_log_softmax(b_logits, env.backward_mask(states))
-    src = tr.states[:T].reshape((T * n,) + tuple(tr.states.shape[2:]))
     bact = env.backward_action(src, acts.reshape(-1)).reshape(T, n).clamp(min=0)
     picked_b = log_pb_rows[child, bact]
     picked_b = torch.where(moving, picked_b, torch.zeros_like(picked_b))
@@ -90,7 +95,7 @@ def _outputs_per_state(env: Env, policy, tr: Trajectories, flat: torch.Tensor) -
     """
     kept = tr.forward_inputs
     if kept is not None:
-        out = policy(kept.encoded) if kept.linear_outputs is None else policy.replay(kept.encoded, kept.linear_outputs)
+        out = _rollout_outputs(policy, kept)
         last = kept.row.gather(0, (tr.length - 1).clamp(min=0).unsqueeze(0))  # where each trajectory stopped
         rows = torch.cat([kept.row, last])
         return out.index_select(0, torch.where(rows >= 0, rows, last).reshape(-1))

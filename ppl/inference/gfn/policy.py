@@ -42,9 +42,10 @@ class _ReplayLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: D102 - autograd protocol
         x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])  # leading batch dimensions, as F.linear allows
         gx = grad @ weight if ctx.needs_input_grad[0] else None
-        gw = grad.t() @ x if ctx.needs_input_grad[1] else None
-        gb = grad.sum(0) if ctx.needs_input_grad[2] else None
+        gw = g.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        gb = g.sum(0) if ctx.needs_input_grad[2] else None
         return gx, gw, gb, None
 
 
