@@ -10,6 +10,7 @@ torchgfn is optional: if ``import gfn`` fails (or TORCHGFN_PATH does not hold it
 and the JSON says so. Writes bench/results/gfn.json.
 
     python bench/bench_gfn.py [--max-iters 1000] [--max-seconds 240] [--pb uniform learned] [--diffusion-iters 400]
+    python bench/bench_gfn.py --device cuda --sweep 16 64 256 1024 4096   # batch sweep -> gfn_sweep_cuda.json
 """
 from __future__ import annotations
 
@@ -30,18 +31,32 @@ from ppl.models.gfn_envs import HyperGrid
 BATCH, HIDDEN, TARGET_L1 = 256, 256, 0.05
 
 
-def _our_trainer(env, learn_pb, seed):
+def _our_trainer(env, learn_pb, seed, batch=BATCH):
     policy = Policy(env.encoding_dim, env.n_actions, env.n_bactions, HIDDEN, 2, learn_pb=learn_pb, activation="relu")
-    return Trainer(env, policy, TrainConfig(loss="tb", batch_size=BATCH, lr=1e-3, lr_log_z=0.1), seed=seed)
+    return Trainer(env, policy, TrainConfig(loss="tb", batch_size=batch, lr=1e-3, lr_log_z=0.1), seed=seed)
+
+
+def _window_iters_per_s(step, device, warmup=5, n=30) -> float:
+    """Iterations per second over iterations warmup..warmup+n (the same window on both sides:
+    trajectories lengthen as training goes)."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def bench_ours(ndim, height, max_iters, max_seconds, eval_every, learn_pb=False, seed=0):
     env = HyperGrid(ndim, height, R0=0.1)
-    tr = _our_trainer(env, learn_pb, seed)
-    tr.train(5)  # warm-up
-    t0 = time.perf_counter(); n = 30
-    tr.train(n)
-    its = n / (time.perf_counter() - t0)
+    its = _window_iters_per_s(_our_trainer(env, learn_pb, seed).step, "cpu")
     tr = _our_trainer(env, learn_pb, seed)
     return {"iters_per_s": its, **_time_to_l1(env, tr.step, lambda: l1_to_target(env, tr.policy), max_iters,
                                               max_seconds, eval_every), "log_z": tr.policy.log_z.item(),
@@ -64,7 +79,8 @@ def _time_to_l1(env, step, l1_fn, max_iters, max_seconds, eval_every):
             "final_l1": l1, "iters_run": it, "train_time_s": train_time, "iters_per_s_over_run": it / train_time}
 
 
-def bench_torchgfn(ndim, height, max_iters, max_seconds, eval_every, learn_pb=False, seed=0):
+def _torchgfn_trainer(ndim, height, learn_pb, seed, batch=BATCH, device="cpu"):
+    """torchgfn's HyperGrid, MLP estimators and TB, as its example scripts build them: (step, P_F module, reset)."""
     from gfn.estimators import DiscretePolicyEstimator
     from gfn.gflownet import TBGFlowNet
     from gfn.gym import HyperGrid as TGHyperGrid
@@ -72,48 +88,64 @@ def bench_torchgfn(ndim, height, max_iters, max_seconds, eval_every, learn_pb=Fa
     from gfn.utils.modules import MLP, UniformModule
 
     torch.manual_seed(seed)
-    tenv = TGHyperGrid(ndim=ndim, height=height, reward_fn_kwargs={"R0": 0.1, "R1": 0.5, "R2": 2.0})
+    tenv = TGHyperGrid(ndim=ndim, height=height, reward_fn_kwargs={"R0": 0.1, "R1": 0.5, "R2": 2.0}, device=device)
     pre = KHotPreprocessor(height=height, ndim=ndim)
     pf_mod = MLP(input_dim=pre.output_dim, output_dim=tenv.n_actions, hidden_dim=HIDDEN, n_hidden_layers=2)
     pb_mod = (MLP(input_dim=pre.output_dim, output_dim=tenv.n_actions - 1, trunk=pf_mod.trunk) if learn_pb
               else UniformModule(output_dim=tenv.n_actions - 1))
     pf = DiscretePolicyEstimator(pf_mod, tenv.n_actions, preprocessor=pre, is_backward=False)
     pb = DiscretePolicyEstimator(pb_mod, tenv.n_actions, preprocessor=pre, is_backward=True)
-    net = TBGFlowNet(pf=pf, pb=pb, logZ=0.0)
-    opt = torch.optim.Adam(net.pf_pb_parameters(), lr=1e-3)
-    opt.add_param_group({"params": net.logz_parameters(), "lr": 1e-1})
+    net = TBGFlowNet(pf=pf, pb=pb, logZ=0.0).to(device)
+    opt = []
+
+    def reset():
+        for m in [*pf_mod.modules(), *pb_mod.modules()]:
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        with torch.no_grad():
+            for q in net.logz_parameters():
+                q.zero_()
+        opt[:] = [torch.optim.Adam(net.pf_pb_parameters(), lr=1e-3)]
+        opt[0].add_param_group({"params": net.logz_parameters(), "lr": 1e-1})
 
     def step():
-        trajs = net.sample_trajectories(tenv, n=BATCH, save_logprobs=True)
-        opt.zero_grad()
+        trajs = net.sample_trajectories(tenv, n=batch, save_logprobs=True)
+        opt[0].zero_grad()
         loss = net.loss(tenv, trajs, recalculate_all_logprobs=False)
         loss.backward()
-        opt.step()
+        opt[0].step()
 
+    reset()
+    return step, pf_mod, reset
+
+
+def bench_torchgfn(ndim, height, max_iters, max_seconds, eval_every, learn_pb=False, seed=0):
+    step, pf_mod, reset = _torchgfn_trainer(ndim, height, learn_pb, seed)
     env = HyperGrid(ndim, height, R0=0.1)
 
     class Adapter:  # torchgfn's P_F module on our exact DP (same k-hot encoding, same action order)
         def log_pf(self, x, mask):
             return masked_log_softmax(pf_mod(x), mask)
 
-    for _ in range(5):
-        step()
-    t0 = time.perf_counter(); n = 30  # the same window of iterations as ours (trajectories lengthen as training goes)
-    for _ in range(n):
-        step()
-    its = n / (time.perf_counter() - t0)
-    # fresh model for the time-to-L1 run
-    for m in [*pf_mod.modules(), *pb_mod.modules()]:
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    with torch.no_grad():
-        for p in net.logz_parameters():
-            p.zero_()
-    opt = torch.optim.Adam(net.pf_pb_parameters(), lr=1e-3)
-    opt.add_param_group({"params": net.logz_parameters(), "lr": 1e-1})
+    its = _window_iters_per_s(step, "cpu")
+    reset()  # a fresh model for the time-to-L1 run
     out = _time_to_l1(env, step, lambda: float((terminal_distribution(env, Adapter()) - env.true_distribution()).abs().sum()),
                       max_iters, max_seconds, eval_every)
     return {"iters_per_s": its, **out}
+
+
+def batch_sweep(device: str, batches, have_tg: bool, learn_pb: bool = False, ndim: int = 4, height: int = 8) -> list:
+    """Iterations per second against batch size on ``device`` (issue: 16..4096 on a GPU), both libraries."""
+    rows = []
+    for batch in batches:
+        env = HyperGrid(ndim, height, R0=0.1, device=device)
+        row = {"batch": batch, "ours": _window_iters_per_s(_our_trainer(env, learn_pb, 0, batch).step, device)}
+        if have_tg:
+            row["torchgfn"] = _window_iters_per_s(_torchgfn_trainer(ndim, height, learn_pb, 0, batch, device)[0], device)
+            row["speedup"] = row["ours"] / row["torchgfn"]
+        print("sweep", device, row, flush=True)
+        rows.append(row)
+    return rows
 
 
 def bench_diffusion(iters: int, seed: int = 0) -> dict:
@@ -141,6 +173,9 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--pb", nargs="+", choices=["uniform", "learned"], default=["uniform", "learned"],
                     help="backward policies to run: uniform, and/or learned on the shared trunk")
+    ap.add_argument("--device", default="cpu", help="with --sweep: the device of the batch-size sweep (cuda on a GPU)")
+    ap.add_argument("--sweep", type=int, nargs="*", default=None, metavar="BATCH",
+                    help="only the 4-D iterations/s sweep over these batch sizes (e.g. 16 64 256 1024 4096)")
     ap.add_argument("--diffusion-iters", type=int, default=0, help="also run the 25-GMM diffusion sampler (0: skip)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gfn.json"))
     args = ap.parse_args(argv)
@@ -156,6 +191,14 @@ def main(argv=None):
     results = {"batch": BATCH, "hidden": HIDDEN, "activation": "relu", "loss": "tb", "threads": 1,
                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
                "load_avg_start": os.getloadavg()[0], "tasks": {}}
+    if args.sweep:
+        results["device"] = args.device
+        results["sweep"] = {pb: batch_sweep(args.device, args.sweep, have_tg, pb == "learned") for pb in args.pb}
+        args.out = args.out.replace(".json", f"_sweep_{torch.device(args.device).type}.json")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))
+        return
     for pb in args.pb:
         learn_pb = pb == "learned"
         for ndim, height in ((2, 8), (4, 8)):
