@@ -210,6 +210,7 @@ def test_engines_are_registered():
     assert _ENGINES["nuts"].accepts("chains") and _ENGINES["nuts"].accepts("warmup")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_nuts_on_cuda(normal_data):
     spec, data = normal_data

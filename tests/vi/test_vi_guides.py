@@ -59,6 +59,7 @@ def test_auto_guide_choice():
     assert isinstance(V.auto_guide(small), V.FullRankGuide)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_vi_on_cuda():
     spec = get_model("normal_normal")
