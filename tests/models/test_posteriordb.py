@@ -199,6 +199,8 @@ def _check_against_reference(short, means, sds, mean_se):
 # diamonds is left out of the test runs: NUTS needs trees of depth 10 on most iterations there
 # (Stan used adapt_delta 0.99 and depth up to 20); bench/bench_posteriordb.py runs it.
 SMC_FAST = ["eight_schools_noncentered"]
+# gp_pois_regr needs more particles: at 2000 the GP amplitude's sd came out 12 % low in four seeds of five
+SMC_PARTICLES = {"gp_pois_regr": 8000}
 
 
 @pytest.mark.parametrize("short", SMC_FAST + [pytest.param(s, marks=pytest.mark.slow) for s in SHORT
@@ -214,7 +216,7 @@ def test_tempered_smc_matches_reference(short):
     if pdb.IMPROPER_SITES.get(short):
         fit = vi(spec.model, model_kwargs=data, guide="normal", steps=1000, draws=1000, seed=1, dtype=torch.float64)
         reference = gaussian_reference(spec.model, fit, model_kwargs=data, dtype=torch.float64)
-    r = tempered_smc(spec.model, model_kwargs=data, particles=2000, move="hmc-dense", move_steps=10,
+    r = tempered_smc(spec.model, model_kwargs=data, particles=SMC_PARTICLES.get(short, 2000), move="hmc-dense", move_steps=10,
                      reference=reference, seed=1, dtype=torch.float64)
     w = torch.softmax(r.log_weights[0].double(), -1)
     eve = r.sample_stats["eve"][0]
