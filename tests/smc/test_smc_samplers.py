@@ -184,3 +184,46 @@ def test_program_smc_without_observations_is_an_error():
 
     with pytest.raises(ModelError, match="no observed sites"):
         smc(model, particles=10)
+
+
+def test_kernel_move_decorrelates_the_cloud():
+    """KernelMove(decorrelate=c) keeps stepping until no coordinate's start-end correlation exceeds c
+    (or max_steps), leaves an exact Gaussian cloud exact, and reports its step count."""
+    from ppl.inference.mcmc.hmc import HMC
+    from ppl.inference.smc.moves import KernelMove, max_correlation
+
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64)
+    z = torch.randn(4000, 3, generator=g, dtype=torch.float64) * scale
+
+    def terms(x):
+        return -0.5 * ((x / scale) ** 2).sum(-1), torch.zeros(x.shape[0], dtype=x.dtype)
+
+    def terms_grad(x, beta):
+        return terms(x)[0], torch.zeros(x.shape[0], dtype=x.dtype), -x / scale ** 2
+
+    base, incr = terms(z)
+    torch.manual_seed(1)
+    fixed = KernelMove(HMC, steps=1, num_steps=1, step_size=0.3)
+    z1, *_, info1 = fixed(z, base, incr, 1.0, terms, terms_grad)
+    assert info1.steps == 1 and max_correlation(z, z1) > 0.9  # one short step leaves the cloud correlated
+    auto = KernelMove(HMC, steps=1, num_steps=1, step_size=0.3, decorrelate=0.1, max_steps=400)
+    z2, *_, info2 = auto(z, base, incr, 1.0, terms, terms_grad)
+    assert 1 < info2.steps < 400 and max_correlation(z, z2) <= 0.1
+    torch.testing.assert_close(z2.std(0), scale, rtol=0.06, atol=0)  # the target is left invariant
+    with pytest.raises(ValueError, match="decorrelate"):
+        KernelMove(HMC, decorrelate=1.5)
+
+
+def test_tempered_smc_with_decorrelating_moves(conjugate):
+    from ppl.inference.mcmc.hmc import HMC
+    from ppl.inference.smc.moves import KernelMove
+
+    spec, d, gt = conjugate
+    move = KernelMove(HMC, steps=1, num_steps=1, step_size=0.05, dense=True, decorrelate=0.1, max_steps=200)
+    r = tempered_smc(spec.model, particles=1000, model_kwargs=d, seed=0, move=move)
+    assert abs(r.log_evidence - gt.log_evidence) < 4 * max(r.log_evidence_se, 0.02)
+    post_sd = float(gt.posterior_sd["mu"])
+    assert abs(float(r.mean("mu")) - float(gt.posterior_mean["mu"])) < 4 * post_sd / math.sqrt(r.ess)
+    steps = r.diagnostics["move_steps"]
+    assert bool((steps >= 1).all()) and float(steps.max()) > 1

@@ -22,10 +22,22 @@ TermsGradFn = Callable[[torch.Tensor, float], Tuple[torch.Tensor, torch.Tensor, 
 
 @dataclass
 class MoveInfo:
-    """Mean acceptance rate of the move and the scale factor it used."""
+    """Mean acceptance rate of the move, the scale factor it used and how many kernel steps it took."""
 
     acceptance: float
     scale: float
+    steps: Optional[int] = None
+
+
+def max_correlation(start: torch.Tensor, z: torch.Tensor) -> float:
+    """The largest, over coordinates, correlation across particles between ``start`` and ``z`` (N, D).
+
+    How much of where each particle started a move still shows in where it is: near 0, the move has
+    decorrelated the cloud in every direction (one host sync).
+    """
+    a, b = start - start.mean(0), z - z.mean(0)
+    corr = (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp(min=1e-300)
+    return float(corr.max())
 
 
 def cloud_scale(z: torch.Tensor, dense: bool) -> torch.Tensor:
@@ -136,15 +148,22 @@ class KernelMove:
     and ``step(state) -> (state, info)`` with ``info.accept_prob``; the inverse mass matrix is
     the cloud's variance (its full covariance with ``dense=True``, for strongly correlated or
     badly scaled posteriors), the step size adapts toward ``target_accept`` between SMC steps.
+    ``steps`` kernel steps per move; with ``decorrelate`` (a correlation, e.g. 0.1) the move goes on
+    until no coordinate's correlation across particles between start and end exceeds it, or
+    ``max_steps`` (as PyMC's SMC does): as many steps as each temperature needs, not a fixed guess.
     """
 
     needs_grad = True
 
     def __init__(self, kernel_cls: Any, steps: int = 1, target_accept: Optional[float] = None, step_size: float = 0.5,
-                 dense: bool = False, **kernel_kwargs: Any) -> None:
+                 dense: bool = False, decorrelate: Optional[float] = None, max_steps: int = 50,
+                 **kernel_kwargs: Any) -> None:
         if target_accept is None:  # the kernel's own preference (e.g. 0.234 for RWMH, 0.8 for HMC)
             target_accept = float(getattr(kernel_cls, "target_accept", 0.65))
+        if decorrelate is not None and not 0.0 < decorrelate < 1.0:
+            raise ValueError(f"decorrelate must be a correlation in (0, 1), got {decorrelate!r}")
         self.kernel_cls, self.steps, self.target_accept = kernel_cls, int(steps), target_accept
+        self.decorrelate, self.max_steps = decorrelate, max(int(max_steps), int(steps))
         self.step_size = step_size
         self.dense = bool(dense)
         self.kernel_kwargs = kernel_kwargs
@@ -164,16 +183,18 @@ class KernelMove:
             state = kernel.init(z, step_size=self.step_size, inv_mass=cov, dense=True)
         else:
             state = kernel.init(z, step_size=self.step_size, inv_mass=cloud_scale(z, dense=False) ** 2)
-        acc_total = 0.0
-        for _ in range(self.steps):
+        acc_total, taken, start = 0.0, 0, z
+        while taken < self.steps or (self.decorrelate is not None and taken < self.max_steps
+                                     and max_correlation(start, state.z) > self.decorrelate):
             state, info = kernel.step(state)
             acc_total += float(info.accept_prob.double().mean())
-        acc = acc_total / self.steps
+            taken += 1
+        acc = acc_total / taken
         used = self.step_size
         self.step_size *= math.exp(acc - self.target_accept)
         z = state.z.detach()
         base, incr = terms(z)
-        return z, base, incr, MoveInfo(acc, used)
+        return z, base, incr, MoveInfo(acc, used, taken)
 
 
 def make_move(move: Any, steps: int = 5) -> Any:

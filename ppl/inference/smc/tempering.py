@@ -216,7 +216,8 @@ def run_tempering(
         eve = torch.arange(N, device=dev)
         n_res, se = 0, math.inf
         beta = 0.0
-        hist: Dict[str, List[float]] = {"temperature": [], "ess": [], "resampled": [], "acceptance": [], "log_evidence": []}
+        hist: Dict[str, List[float]] = {"temperature": [], "ess": [], "resampled": [], "acceptance": [],
+                                        "move_steps": [], "log_evidence": []}
         k = 0
         while beta < 1.0:
             if k >= max_steps:
@@ -245,11 +246,17 @@ def run_tempering(
                 n_res += 1
             z, base, incr, info = mover(z, base, incr, beta, path.terms, path.terms_grad)
             for key, val in (("temperature", beta), ("ess", ess), ("resampled", float(resampled)),
-                             ("acceptance", info.acceptance), ("log_evidence", float(log_z))):
+                             ("acceptance", info.acceptance), ("move_steps", _steps(info)), ("log_evidence", float(log_z))):
                 hist[key].append(val)
             k += 1
     return {"z": z, "log_weights": lwn, "log_evidence": float(log_z), "log_evidence_se": se, "history": hist,
             "eve": eve}
+
+
+def _steps(info) -> float:
+    """The kernel steps a move took (NaN for moves that do not report them)."""
+    steps = getattr(info, "steps", None)
+    return math.nan if steps is None else float(steps)
 
 
 def _result(path: LikelihoodPath, run: Dict[str, Any], engine: str, attrs: Dict[str, Any]) -> Result:
@@ -378,7 +385,8 @@ def ibis(
         lwn = torch.full((N,), -math.log(N), dtype=base.dtype, device=z.device)
         log_z = torch.zeros((), dtype=torch.float64)
         eve, n_res, se = torch.arange(N, device=z.device), 0, 0.0
-        hist: Dict[str, List[float]] = {"observations": [], "ess": [], "resampled": [], "acceptance": [], "log_evidence": []}
+        hist: Dict[str, List[float]] = {"observations": [], "ess": [], "resampled": [], "acceptance": [],
+                                        "move_steps": [], "log_evidence": []}
         for k in range(1, len(edges)):
             lo, hi = edges[k - 1], edges[k]
             inc_w = ll[:, lo:hi].sum(1)
@@ -419,7 +427,7 @@ def ibis(
             with torch.no_grad():
                 base, ll = pw(z)
             for key, val in (("observations", hi), ("ess", ess), ("resampled", float(resampled)),
-                             ("acceptance", info.acceptance), ("log_evidence", float(log_z))):
+                             ("acceptance", info.acceptance), ("move_steps", _steps(info)), ("log_evidence", float(log_z))):
                 hist[key].append(val)
     run = {"z": z, "log_weights": lwn, "log_evidence": float(log_z), "log_evidence_se": se, "history": hist}
     res = _result(LikelihoodPath(target), run, "ibis", {"particles": N, "move": str(move), "model": program.name,
