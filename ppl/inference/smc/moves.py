@@ -36,7 +36,7 @@ def max_correlation(start: torch.Tensor, z: torch.Tensor) -> float:
     decorrelated the cloud in every direction (one host sync).
     """
     a, b = start - start.mean(0), z - z.mean(0)
-    corr = (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp(min=1e-300)
+    corr = (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0)).clamp(min=torch.finfo(z.dtype).tiny)
     return float(corr.max())
 
 
