@@ -20,6 +20,7 @@ if [ -d .whl ] && [ ! -d "$site" ]; then  # carried wheels into a local folder; 
     python3 -m pip install -q --no-deps --no-index --target "$site" .whl/*.whl 2>&1 | tail -3
 fi
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
+[ -d .whl/posteriordb ] && export PPL_POSTERIORDB="$PWD/.whl/posteriordb"  # carried by gpu_wheels.sh
 python3 -c "import torch, pyro; print('torch', torch.__version__, 'pyro', pyro.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 case "$stage" in
 tests)
