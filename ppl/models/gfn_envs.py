@@ -39,6 +39,7 @@ class HyperGrid(Env):
         self._offsets = height * torch.arange(ndim, device=self.device)
         # row a: the increment of forward action a (the stop row is zero)
         self._moves = torch.cat([torch.eye(ndim, dtype=torch.long), torch.zeros(1, ndim, dtype=torch.long)]).to(self.device)
+        self.stop_keeps_state = True  # the stop row of _moves is zero
 
     def initial(self, n: int) -> torch.Tensor:
         return torch.zeros(n, self.ndim, dtype=torch.long, device=self.device)

@@ -35,6 +35,7 @@ class Env:
     encoding_dim: int = 1
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.long
+    stop_keeps_state: bool = False  # True when step(s, stop) returns s: rollouts then skip a where per step
 
     @property
     def stop(self) -> int:
@@ -281,7 +282,7 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
     s0 = env.initial(1).expand(stay[:1] + tuple(s.shape[1:]))
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     states, actions = [s], []
-    kept_states, encoded, masks, rows, used = [], [], [], [], 0
+    kept_states, encoded, masks, rows, sizes = [], [], [], [], []
     record = [] if keep_inputs and hasattr(policy, "replay") else None
     plain = epsilon == 0.0 and temperature == 1.0
     block = max(1, NOISE_BLOCK // max(1, n * env.n_actions))  # steps whose Gumbel noise is drawn at once
@@ -303,9 +304,8 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
                 kept_states.append(distinct)
                 encoded.append(x)
                 masks.append(mask)
-                local = torch.arange(n, device=dev) if inverse is None else inverse
-                rows.append((local + used).masked_fill_(done, -1))
-                used += distinct.shape[0]
+                rows.append(torch.arange(n, device=dev) if inverse is None else inverse)  # offsets added after the loop
+                sizes.append(distinct.shape[0])
             if inverse is not None:
                 scores = scores.index_select(0, inverse)
             if plain:  # Gumbel-max needs no normalisation
@@ -315,10 +315,11 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
             else:
                 m = mask if inverse is None else mask.index_select(0, inverse)
                 a = sample_actions(masked_log_softmax(scores, m), m, epsilon, temperature, generator)
-            a = a.masked_fill_(done, stop)  # stopped rows stay stopped
-            actions.append(a.masked_fill(done, -1))
+            a = a.masked_fill_(done, stop)  # stopped rows stay stopped (marked -1 after the loop)
+            actions.append(a)
             done = a == stop
-            s = torch.where(done.view(stay), s, env.step(s, a))  # step() may return anything on stop rows
+            nxt = env.step(s, a)
+            s = nxt if env.stop_keeps_state else torch.where(done.view(stay), s, nxt)
             states.append(s)
             if bool(done.all()):
                 break
@@ -326,11 +327,15 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
         raise RuntimeError(f"{type(env).__name__}: trajectories did not stop within {T} steps; "
                            "check max_steps and the stop mask")
     st, act = torch.stack(states), torch.stack(actions)
+    is_stop = act == stop
+    stopped_before = is_stop.cumsum(0) > is_stop  # steps after a trajectory's stop: padding
+    act = act.masked_fill_(stopped_before, -1)
     tr = Trajectories(st, act, (act >= 0).sum(0), env.log_reward(st[-1]))
     if keep_inputs:
         outs = None if record is None else [torch.cat(layer) for layer in zip(*record)]
-        tr.forward_inputs = ForwardInputs(torch.cat(kept_states), torch.cat(encoded), torch.cat(masks),
-                                          torch.stack(rows), outs)
+        offsets = torch.tensor([0] + sizes[:-1], device=dev).cumsum(0).unsqueeze(1)
+        row = (torch.stack(rows) + offsets).masked_fill_(stopped_before, -1)
+        tr.forward_inputs = ForwardInputs(torch.cat(kept_states), torch.cat(encoded), torch.cat(masks), row, outs)
     return tr
 
 
