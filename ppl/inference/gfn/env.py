@@ -339,11 +339,12 @@ def sample_forward(env: Env, policy, n: int, epsilon: float = 0.0, temperature: 
     return tr
 
 
-def uniform_log_pb_sum(env: Env, tr: Trajectories) -> torch.Tensor:
-    """sum_t log P_B(s_t | s_{t+1}) under the uniform backward policy, per trajectory."""
+def uniform_log_pb_sum(env: Env, tr: Trajectories, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """sum_t log P_B(s_t | s_{t+1}) under the uniform backward policy, per trajectory (in ``dtype``, default
+    torch's default dtype)."""
     T, n = tr.T, tr.n
     child = tr.states[1:].reshape(T * n, *tr.states.shape[2:])
-    count = env.backward_mask(child).sum(-1).reshape(T, n).to(torch.get_default_dtype())
+    count = env.backward_mask(child).sum(-1).reshape(T, n).to(dtype or torch.get_default_dtype())
     moving = tr.valid() & (tr.actions != env.stop)
     return torch.where(moving, -count.clamp(min=1).log(), torch.zeros_like(count)).sum(0)
 

@@ -70,7 +70,7 @@ def trajectory_log_probs(env: Env, policy, tr: Trajectories) -> Tuple[torch.Tens
     picked = log_pf[rows.clamp(min=0), acts]
     sum_log_pf = torch.where(used, picked, torch.zeros_like(picked)).sum(0)
     if b_logits is None:
-        return sum_log_pf, uniform_log_pb_sum(env, tr)
+        return sum_log_pf, uniform_log_pb_sum(env, tr, sum_log_pf.dtype)
     # P_B(s_t | s_{t+1}) is read at s_{t+1}'s row: the state every moving step leads to is scored at the next step
     moving = used & (tr.actions != env.stop)
     child = torch.cat([rows[1:], torch.full_like(rows[:1], -1)]).clamp(min=0)
