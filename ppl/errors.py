@@ -23,3 +23,7 @@ class DiscreteLatentError(PPLError, ValueError):
 
 class GuideMismatchError(PPLError, ValueError):
     """A guide and a model disagree on their latent sites."""
+
+
+class VariableStructureError(ModelError):
+    """The program's sites differ between runs (a site appears or is skipped)."""

@@ -6,6 +6,7 @@ Each is a Pyro ``Messenger`` with one effect, composing with Pyro's own ``trace`
 from ppl.handlers._sites import PARTICLE_PLATE
 from ppl.handlers.barrier import BarrierMessenger, barrier
 from ppl.handlers.batch import BatchMessenger, batch
+from ppl.handlers.fix import FixMessenger
 from ppl.handlers.log_density import ROLES, LogDensityMessenger, log_density
 from ppl.handlers.propose import GuideMismatchError, ProposeMessenger, propose
 from ppl.handlers.resample import ResampleMessenger, particle_axis, reorder, resample
@@ -14,7 +15,7 @@ from ppl.handlers.unconstrain import DiscreteLatentError, UnconstrainMessenger, 
 
 __all__ = [
     "PARTICLE_PLATE", "ROLES",
-    "BatchMessenger", "batch",
+    "BatchMessenger", "batch", "FixMessenger",
     "BarrierMessenger", "barrier",
     "LogDensityMessenger", "log_density",
     "TemperMessenger", "temper",

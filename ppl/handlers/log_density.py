@@ -9,7 +9,7 @@ from pyro.poutine.messenger import Messenger
 
 from ppl.handlers._sites import is_latent, is_observation, is_sample, sum_per_particle
 
-ROLES = ("prior", "likelihood", "proposal", "jacobian")
+ROLES = ("prior", "likelihood", "proposal", "jacobian", "prior_excess")
 
 LOG_Q = "ppl_log_q"
 """``msg["infer"]`` key where a proposal handler records the site's log q (batch-shaped)."""
@@ -23,7 +23,10 @@ class LogDensityMessenger(Messenger):
     ``prior`` sums the latent sites, ``likelihood`` the observed sites and factors (both with
     Pyro's scale and mask applied, exactly as ``Trace.log_prob_sum``), ``proposal`` the log q
     recorded by a proposal handler and ``jacobian`` the log-Jacobians recorded by the
-    unconstrain handler. ``site_terms`` keeps each site's per-particle total, so an engine can say
+    unconstrain handler. ``prior_excess`` is what Pyro's scale and mask on latent sites
+    (``poutine.scale``, power priors) add to their plain log density: the log weight that takes a
+    draw from the sites' own distributions to the scaled prior (absent when no latent is scaled
+    or masked). ``site_terms`` keeps each site's per-particle total, so an engine can say
     which site made a weight NaN. Totals have shape ``(N,)`` under a batch handler.
     """
 
@@ -46,10 +49,12 @@ class LogDensityMessenger(Messenger):
         if not is_sample(msg):
             return
         if is_latent(msg) or is_observation(msg):
-            log_p = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
-            log_p = sum_per_particle(scale_and_mask(log_p, msg["scale"], msg["mask"]), msg)
+            raw = msg["fn"].log_prob(msg["value"], *msg["args"], **msg["kwargs"])
+            log_p = sum_per_particle(scale_and_mask(raw, msg["scale"], msg["mask"]), msg)
             self.site_terms[msg["name"]] = log_p
             self._add("prior" if is_latent(msg) else "likelihood", log_p)
+            if is_latent(msg) and _scaled_or_masked(msg):
+                self._add("prior_excess", log_p - sum_per_particle(raw, msg))
         if LOG_Q in msg["infer"]:
             self._add("proposal", sum_per_particle(msg["infer"][LOG_Q], msg))
         if LOG_JACOBIAN in msg["infer"]:
@@ -65,6 +70,11 @@ class LogDensityMessenger(Messenger):
     def log_joint(self) -> torch.Tensor | float:
         """log p(latents, observations) = prior + likelihood."""
         return self.get("prior") + self.get("likelihood")
+
+
+def _scaled_or_masked(msg) -> bool:
+    scale = msg["scale"]
+    return msg["mask"] is not None or isinstance(scale, torch.Tensor) or scale != 1.0
 
 
 def log_density(fn: Optional[Callable] = None):

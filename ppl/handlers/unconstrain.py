@@ -8,7 +8,8 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import biject_to
 
 from ppl.errors import DiscreteLatentError
-from ppl.handlers._sites import is_latent
+from ppl.handlers._sites import is_latent, particle_frame
+from ppl.handlers.fix import squeeze_leading
 from ppl.handlers.log_density import LOG_JACOBIAN
 
 UNCONSTRAINED = "ppl_unconstrained"
@@ -48,6 +49,8 @@ class UnconstrainMessenger(Messenger):
         name = msg["name"]
         if name in self.values:
             u = self.values[name]
+            if particle_frame(msg) is None:  # one particle of a per-particle fallback run
+                u = squeeze_leading(u, len(msg["fn"].batch_shape) + transform.domain.event_dim)
             msg["value"] = transform(u)
             msg["done"] = True
             msg["infer"] = dict(msg["infer"], **{UNCONSTRAINED: u})
@@ -67,6 +70,16 @@ class UnconstrainMessenger(Messenger):
         if extra > 0:  # some transforms leave event dims in place: reduce to the batch shape
             log_jacobian = log_jacobian.sum(tuple(range(-extra, 0)))
         msg["infer"][LOG_JACOBIAN] = log_jacobian
+
+
+    # per-particle fallback protocol (ppl.inference.batching)
+    def particle_state(self) -> Dict[str, torch.Tensor]:
+        """The per-particle unconstrained values this handler holds, rows first."""
+        return dict(self.values)
+
+    def with_particle_state(self, state: Dict[str, torch.Tensor]) -> "UnconstrainMessenger":
+        """This handler for one particle: ``state`` holds that particle's rows."""
+        return UnconstrainMessenger(state)
 
 
 def unconstrain(fn: Optional[Callable] = None, values: Optional[Dict[str, torch.Tensor]] = None):

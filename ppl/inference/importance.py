@@ -33,7 +33,8 @@ def weigh(program: Program, n: int, guide: Optional[Callable] = None):
     """One batched chunk: the trace, per-particle log weights and the per-site log densities."""
     if guide is None:
         trace, density = program.run(n)
-        log_w = density.get("likelihood")
+        # target / proposal: the prior's own draws, reweighted where poutine.scale / mask change it
+        log_w = density.get("likelihood") + density.get("prior_excess")
     else:
         propose = ProposeMessenger(_guide_run(program, guide, n))
         trace, density = program.run(n, propose)
@@ -78,6 +79,7 @@ def importance(
         raise ValueError(f"particles must be a positive integer, got {particles!r}")
     start = time.perf_counter()
     program = Program(model, args, model_kwargs, max_plate_nesting=max_plate_nesting, device=device, dtype=dtype)
+    program.require_full_data("importance sampling")
     chunk = int(chunk_size or particles)
     sizes = [min(chunk, particles - i) for i in range(0, particles, chunk)]
     samples: Dict[str, list] = {}
@@ -111,5 +113,5 @@ def importance(
         observed_data=program.observed_data(),
         dims={k: s.dims for k, s in sites.items()},
         attrs={"particles": int(particles), "proposal": "guide" if guide else "prior",
-               "runtime_s": time.perf_counter() - start, "model": program.name},
+               "runtime_s": time.perf_counter() - start, **program.attrs()},
     )

@@ -15,13 +15,34 @@ import pyro
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 
 from ppl.errors import ModelError, PPLError
-from ppl.handlers import BatchMessenger, LogDensityMessenger
+from ppl.handlers import BatchMessenger, FixMessenger, LogDensityMessenger
 from ppl.handlers._sites import PARTICLE_PLATE, is_deterministic, is_latent, is_sample
 from ppl.handlers.improper import ImproperInitMessenger
+from ppl.inference.batching import (BATCHINGS, LOOP, POINTWISE, VECTORIZED, VMAP, Verdict, run_per_particle,
+                                    site_batch_shape, verify, warn_loop)
+from ppl.inference.data_check import check_observations
 from ppl.inference.runtime import defaults, move, resolve_device
+
+_forced_batching: List[str] = ["auto"]
+
+
+@contextlib.contextmanager
+def forced_batching(mode: str):
+    """Programs built inside this context run on path ``mode`` ("auto", "vectorized", "vmap", "loop").
+
+    For comparing the paths on one model and seed (tests, benchmarks) without an engine argument.
+    """
+    if mode not in ("auto",) + BATCHINGS:
+        raise ValueError(f"batching must be 'auto' or one of {BATCHINGS}, got {mode!r}")
+    _forced_batching.append(mode)
+    try:
+        yield
+    finally:
+        _forced_batching.pop()
 
 
 @dataclass(frozen=True)
@@ -101,7 +122,9 @@ class Program:
 
     ``device`` / ``dtype`` move the tensor arguments and make the model's own constants follow;
     by default both follow the arguments. ``max_plate_nesting`` is found from a trial run when
-    not given. ``validate`` turns Pyro's argument / support validation on; it is off by default
+    not given. ``batching`` ("auto" by default) says how particles are run: "auto" verifies the
+    batched run once and falls back to "vmap" or "loop" when the model does not broadcast
+    (:mod:`ppl.inference.batching`); naming a path forces it ("vectorized" skips the check). ``validate`` turns Pyro's argument / support validation on; it is off by default
     because an observation outside the support of some particles is a zero weight, not an
     error, and engines name the site of any NaN / inf log density themselves.
     """
@@ -116,6 +139,7 @@ class Program:
         device: Optional[Any] = None,
         dtype: Optional[torch.dtype] = None,
         validate: bool = False,
+        batching: Optional[str] = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro program, got {type(model).__name__}")
@@ -127,6 +151,13 @@ class Program:
         self.kwargs = move(kwargs, self.device, dtype)
         self._max_plate_nesting = max_plate_nesting
         self.validate = validate
+        batching = batching or _forced_batching[-1]
+        if batching not in ("auto",) + BATCHINGS:
+            raise ValueError(f"batching must be 'auto' or one of {BATCHINGS}, got {batching!r}")
+        self._requested_batching = batching
+        self._verdict: Optional[Verdict] = None
+        self._latent_names: Optional[Tuple[str, ...]] = None
+        self.vmap_draws: Optional[bool] = None  # whether vmap can draw this program's latents (None: not tried)
         self._sites: Optional[Dict[str, SiteInfo]] = None
 
     @property
@@ -143,15 +174,7 @@ class Program:
 
     def trace_unbatched(self, *handlers: Messenger) -> Trace:
         """One plain run of the model (no particle dimension) under ``handlers``."""
-        tracer = poutine.trace(self.model)
-        with self.defaults():
-            with _entered(handlers):
-                try:
-                    return tracer.get_trace(*self.args, **self.kwargs)
-                except PPLError:
-                    raise
-                except (ValueError, RuntimeError) as e:
-                    raise ModelError(f"the model {self.name!r} failed to run{_after(_last_site(tracer))}: {e}") from e
+        return self.run_single(*handlers)[0]
 
     @property
     def max_plate_nesting(self) -> int:
@@ -162,9 +185,26 @@ class Program:
         return self._max_plate_nesting
 
     def run(self, n: int, *handlers: Messenger) -> Tuple[Trace, LogDensityMessenger]:
-        """Run the model once for ``n`` particles under ``handlers`` (outermost first).
+        """Run the model for ``n`` particles under ``handlers`` (outermost first), on the verified path.
 
-        Returns the trace and the log-density accounting (per-particle terms of shape ``(n,)``).
+        Returns the trace (values ``(n, *batched_shape)``) and the log-density accounting
+        (per-particle terms of shape ``(n,)``), whichever path (:attr:`batching`) ran it.
+        """
+        mode = self.batching
+        if mode == VECTORIZED:
+            return self.run_batched(n, *handlers)
+        if mode == VMAP:
+            try:
+                return run_per_particle(self, n, handlers, use_vmap=True)
+            except Exception as e:  # noqa: BLE001 - vmap passed the check but not this run: loop from now on
+                # (a real error of the model shows up again on the loop)
+                self._verdict = Verdict(LOOP, f"{self._verdict.reason}; torch.func.vmap failed: {e}")
+                warn_loop(self, self._verdict.reason)
+        return run_per_particle(self, n, handlers, use_vmap=False)
+
+    def run_batched(self, n: int, *handlers: Messenger) -> Tuple[Trace, LogDensityMessenger]:
+        """One run for all ``n`` particles under a particle plate (the vectorized path).
+
         The handlers sit outside the particle plate, so they see every site already batched,
         and outside the accounting, whose postprocessing must come after theirs (Pyro runs
         postprocessing outermost first).
@@ -178,9 +218,75 @@ class Program:
                     trace = tracer.get_trace(*self.args, **self.kwargs)
                 except PPLError:
                     raise
-                except (ValueError, RuntimeError) as e:
+                except (ValueError, RuntimeError, IndexError, TypeError) as e:
                     raise ModelError(_shape_hint(self, e, _last_site(tracer))) from e
         return trace, density
+
+    def run_single(self, *handlers: Messenger) -> Tuple[Trace, LogDensityMessenger]:
+        """One unbatched run (one particle) under ``handlers``, with its log-density accounting."""
+        density = LogDensityMessenger()
+        tracer = poutine.trace(self.model)
+        with self.defaults():
+            with _entered(handlers), density:
+                try:
+                    trace = tracer.get_trace(*self.args, **self.kwargs)
+                except PPLError:
+                    raise
+                except (ValueError, RuntimeError, IndexError, TypeError) as e:
+                    raise ModelError(f"the model {self.name!r} failed to run{_after(_last_site(tracer))}: {e}") from e
+        return trace, density
+
+    @property
+    def batching(self) -> str:
+        """How particles are run: "vectorized", "vmap" or "loop" (verified once, then cached)."""
+        return self.verdict.mode
+
+    @property
+    def verdict(self) -> Verdict:
+        """The batching path and, when it is not vectorized, the reason (names the site)."""
+        if self._verdict is None:
+            with torch.random.fork_rng(devices=_cuda_devices(self.device)), torch.no_grad():
+                check_observations(self)
+                if self._requested_batching == "auto":
+                    self._verdict = verify(self)
+                else:
+                    self._verdict = Verdict(self._requested_batching, "requested")
+            if self._verdict.mode == LOOP:
+                warn_loop(self, self._verdict.reason)
+        return self._verdict
+
+    def attrs(self) -> Dict[str, str]:
+        """What a result records about the program: its name and how its particles ran."""
+        out = {"model": self.name, "batching": self.batching}
+        if self.verdict.reason:
+            out["batching_reason"] = self.verdict.reason
+        return out
+
+    def require_full_data(self, engine: str) -> None:
+        """Raise :class:`ModelError` if a plate subsamples its data (``subsample_size`` < size).
+
+        A subsampled likelihood is an unbiased estimate of the log-likelihood, not of the
+        likelihood: MCMC, SMC and importance sampling on it target the wrong posterior (Pyro's
+        MCMC refuses it too). Stochastic VI is the engine that handles subsampling correctly.
+        """
+        with torch.random.fork_rng(devices=_cuda_devices(self.device)), torch.no_grad():
+            trace = self.trace_unbatched(ImproperInitMessenger())
+        for name, site in trace.nodes.items():
+            fn = site.get("fn")
+            if site["type"] == "sample" and isinstance(fn, _Subsample) and (fn.subsample_size or fn.size) < fn.size:
+                raise ModelError(
+                    f"plate {name!r} subsamples {fn.subsample_size} of {fn.size} elements; {engine} needs the "
+                    "exact likelihood of all the data (a subsampled one targets the wrong posterior). Remove "
+                    "subsample_size / subsample for this engine, or use vi, which subsamples correctly"
+                )
+
+    def unbatched_latent_names(self) -> Tuple[str, ...]:
+        """Names of the latent sites of one plain run (cached)."""
+        if self._latent_names is None:
+            with torch.random.fork_rng(devices=_cuda_devices(self.device)), torch.no_grad():
+                trace = self.trace_unbatched(ImproperInitMessenger())
+            self._latent_names = tuple(k for k, v in trace.nodes.items() if is_latent(v))
+        return self._latent_names
 
     # ----------------------------------------------------------------------------- sites
     @property
@@ -198,7 +304,11 @@ class Program:
 
     def _analyse(self) -> Dict[str, SiteInfo]:
         with torch.random.fork_rng(devices=_cuda_devices(self.device)):  # leave the caller's RNG as it was
-            trace, _ = self.run(2, ImproperInitMessenger())  # only shapes are kept: flat priors may init
+            if self.batching == VECTORIZED:
+                trace, _ = self.run_batched(2, ImproperInitMessenger())  # only shapes are kept: flat priors may init
+            else:
+                trace = self.trace_unbatched(ImproperInitMessenger())
+        vectorized = self.batching == VECTORIZED
         sites: Dict[str, SiteInfo] = {}
         for name, site in trace.nodes.items():
             if not is_sample(site):
@@ -208,8 +318,20 @@ class Program:
             batch_shape = tuple(fn.batch_shape)
             # a broadcast Delta can misreport its event shape: a deterministic site's is the value's rest
             event_shape = tuple(value.shape[len(batch_shape):]) if is_deterministic(site) else tuple(fn.event_shape)
-            # the particle plate broadcasts every site to K + 1 batch dims, particles first
-            batched_shape = torch.Size(batch_shape[1:] + event_shape)
+            # the particle plate broadcasts every site to K + 1 batch dims, particles first; a
+            # per-particle run pads a site's own batch shape to K dims the same way
+            if vectorized:
+                batched_shape = torch.Size(batch_shape[1:] + event_shape)
+                if is_deterministic(site) and value.dim() > 0 and value[0].numel() != batched_shape.numel():
+                    # the Delta counted the particle dim as an event dim (pyro.deterministic outside a
+                    # plate): take the value's own shape, particles first
+                    batched_shape = torch.Size(value.shape[1:])
+                    event_shape = tuple(batched_shape[self.max_plate_nesting:])
+            else:
+                batch_shape = tuple(site_batch_shape(site))
+                if is_deterministic(site):
+                    batch_shape, event_shape = (), tuple(value.shape)
+                batched_shape = torch.Size((1,) * (self.max_plate_nesting - len(batch_shape)) + batch_shape + event_shape)
             shape, dims = _named_layout(name, batched_shape[: len(batched_shape) - len(event_shape)],
                                         event_shape, site["cond_indep_stack"])
             sites[name] = SiteInfo(
@@ -246,9 +368,17 @@ class Program:
         scaled (subsampling or tempering scales are not part of the pointwise likelihood).
         """
         n = _particles(trace)
-        out = {}
+        if self.batching != VECTORIZED:  # rerun each particle at its values: its own distributions give the terms
+            latents = {k: v["value"] for k, v in trace.nodes.items() if is_latent(v)}
+            trace, _ = run_per_particle(self, n, (FixMessenger(latents),), use_vmap=self.batching == VMAP, pointwise=True)
+        out: Dict[str, torch.Tensor] = {}
         for name, info in self.observed_sites().items():
             site = trace.nodes[name]
+            if POINTWISE in site["infer"]:
+                log_p = site["infer"][POINTWISE]
+                batch_named = info.shape[: len(info.shape) - info.event_dim]
+                out[name] = log_p.reshape((n,) + tuple(batch_named))
+                continue
             log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
             log_p = scale_and_mask(log_p, 1.0, site["mask"])
             batch_named = info.shape[: len(info.shape) - info.event_dim]
@@ -274,8 +404,7 @@ def _cuda_devices(device: torch.device) -> list:
 
 
 def _unbatched_shape(site) -> torch.Size:
-    fn = site["fn"]
-    return torch.Size(tuple(fn.batch_shape) + tuple(fn.event_shape))
+    return torch.Size(tuple(site_batch_shape(site)) + tuple(site["fn"].event_shape))
 
 
 def _particles(trace: Trace) -> int:

@@ -13,7 +13,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Tuple, Union
 import torch
 from pyro.poutine.messenger import Messenger
 
-from ppl.handlers import UnconstrainMessenger
+from ppl.handlers import FixMessenger, UnconstrainMessenger
 from ppl.handlers.improper import ImproperInitMessenger
 from ppl.handlers.unconstrain import UNCONSTRAINED, DiscreteLatentError
 from ppl.inference.program import Program
@@ -96,7 +96,7 @@ class UnconstrainedTarget:
             elif rows != n:
                 raise ValueError(f"fixed value for site {name!r} has {rows} rows but there are {n} points")
             fixed[name] = v
-        return self.program.run(n, *handlers, _Fix(fixed))
+        return self.program.run(n, *handlers, FixMessenger(fixed))
 
     # ----------------------------------------------------------------------------- packing
     def unflatten(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -129,6 +129,17 @@ class UnconstrainedTarget:
             likelihood=_as_batch(density.get("likelihood"), zero),
             jacobian=_as_batch(density.get("jacobian"), zero),
         )
+
+    def prior_excess(self, z: torch.Tensor) -> Optional[torch.Tensor]:
+        """log of (scaled prior / plain prior) at ``z`` for latents under ``poutine.scale`` or a mask.
+
+        A draw from :meth:`sample_prior` comes from the sites' own distributions; this is its log
+        weight towards the prior the program actually has. None when no latent is scaled or masked.
+        """
+        with torch.no_grad():
+            _, density = self._run(z.shape[0], UnconstrainMessenger(self.unflatten(z)))
+        excess = density.terms.get("prior_excess")
+        return None if excess is None else _as_batch(excess, z.new_zeros(z.shape[0]))
 
     def log_prob(self, z: torch.Tensor, beta: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
         """The (tempered) log target at ``z``, shape (N,)."""
@@ -196,7 +207,7 @@ class UnconstrainedTarget:
                 if not _bounds_from_values(info.support) and not bool(info.support.check(v).all()):
                     raise ValueError(f"init value for site {name!r} is outside its support {info.support}")
                 fixed[name] = info.to_batched(v)
-            trace, _ = self._run(n, ImproperInitMessenger(), _Fix(fixed), UnconstrainMessenger())
+            trace, _ = self._run(n, ImproperInitMessenger(), FixMessenger(fixed), UnconstrainMessenger())
             return self.flatten({b.name: trace.nodes[b.name]["infer"][UNCONSTRAINED].expand((n,) + tuple(b.shape))
                                  for b in self.blocks})
 
@@ -227,16 +238,3 @@ def _bounds_from_values(support) -> bool:
     """
     base = getattr(support, "base_constraint", support)
     return any(isinstance(getattr(base, a, None), torch.Tensor) for a in ("lower_bound", "upper_bound"))
-
-
-class _Fix(Messenger):
-    """Fix named latent sites to given (batched) values."""
-
-    def __init__(self, values: Mapping[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.values = values
-
-    def _process_message(self, msg) -> None:
-        if msg["type"] == "sample" and msg["name"] in self.values and not msg["is_observed"]:
-            msg["value"] = self.values[msg["name"]]
-            msg["done"] = True

@@ -196,12 +196,25 @@ def test_all_zero_weights_names_step_and_site():
         x = state["x"]
         if t > 0:
             x = pyro.sample(f"x_{t}", dist.Normal(x, 1.0))
-        d = dist.Normal(x, 1.0) if t != 2 else dist.Uniform(5.0, 6.0, validate_args=False)
+        # bounds that depend on x (fixed bounds would be refused up front by the data check)
+        d = dist.Normal(x, 1.0) if t != 2 else dist.Uniform(x + 5.0, x + 6.0, validate_args=False)
         pyro.sample(f"y_{t}", d, obs=y_t)
         return {"x": x}
 
     with pytest.raises(ZeroWeightError, match=r"step 2.*y_2.*more particles"):
         particle_filter(init, step, y, particles=50, seed=0)
+
+
+def test_observations_off_a_fixed_support_are_refused_before_filtering():
+    def init():
+        return {"x": pyro.sample("x_0", dist.Normal(0.0, 1.0))}
+
+    def step(state, t, y_t):
+        pyro.sample(f"y_{t}", dist.Exponential(1.0), obs=y_t)
+        return state
+
+    with pytest.raises(ModelError, match=r"'y_0'.*outside the support"):
+        particle_filter(init, step, torch.tensor([-1.0, 1.0]), particles=50, seed=0)
 
 
 def test_nan_potential_is_reported(y10):

@@ -81,7 +81,7 @@ def gfn(
                                             local_search_back=int(local_search_back))
         n = int(samples or particles)
         attrs = {"log_z_learned": hist["log_z"][-1] if hist["log_z"] else float("nan"), "steps": int(steps),
-                 "particles": int(particles), "loss": loss, "beta": float(beta), "model": program.name}
+                 "particles": int(particles), "loss": loss, "beta": float(beta), **program.attrs()}
         if sampler == "smc":
             tw = twist or {"db": "flow", "subtb": "flow", "fldb": "forward_looking"}.get(loss, "partial")
             out, fk = program_policy_smc(program, policy, n, twist=tw, ess_threshold=ess_threshold)

@@ -17,11 +17,9 @@ from torch.distributions import biject_to
 
 from ppl.handlers._sites import is_latent
 from ppl.inference.gfn.policy import mlp
-from ppl.inference.program import ModelError, Program
+from ppl.errors import ModelError, VariableStructureError
+from ppl.inference.program import Program
 
-
-class VariableStructureError(ModelError):
-    """The program's latent sites differ between runs (a site appears or is skipped)."""
 
 
 @dataclass

@@ -292,6 +292,7 @@ def mcmc(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     start_time = time.perf_counter()
     program = Program(model, args, model_kwargs, max_plate_nesting=max_plate_nesting, device=device, dtype=dtype)
+    program.require_full_data("MCMC")
     with seeded(seed, program.device), torch.no_grad():
         discrete = discrete_sites(program)
         gibbs: Optional[DiscreteGibbs] = None
@@ -386,7 +387,7 @@ def mcmc(
     # flags are stored as 0/1: netCDF attributes have no boolean type
     result.attrs.update({
         "chains": chains, "warmup": warmup, "draws": result.num_draws, "thin": thin,
-        "kernel": getattr(k, "name", str(kernel)), "model": program.name, "interrupted": int(interrupted),
+        "kernel": getattr(k, "name", str(kernel)), **program.attrs(), "interrupted": int(interrupted),
         "runtime_s": t_end - start_time,
         "warmup_s": t_sample - t_warm, "sampling_s": t_end - t_sample, "compile": compile_used,
         "compile_s": potential.record_s, "compiled": int(bool(compile) and potential.compiled_for(state.z)),

@@ -139,7 +139,10 @@ class StateSpaceFK(FeynmanKac):
         return self._nesting
 
     def _program(self, fn: Callable, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Program:
-        return Program(fn, args, kwargs, max_plate_nesting=self.max_plate_nesting, device=self.device, dtype=self.dtype)
+        # the arguments (the previous state) already carry the particle dimension, so a run cannot be
+        # checked against per-particle runs here: the step function must broadcast (docs/smc.md)
+        return Program(fn, args, kwargs, max_plate_nesting=self.max_plate_nesting, device=self.device,
+                       dtype=self.dtype, batching="vectorized")
 
     def _run_step(self, n: int, state: Optional[State], t: int):
         """Run step t (after init at t=0) batched; return (state, log_g, record of latent sites)."""

@@ -115,7 +115,7 @@ def smc(
     trace = base.last_trace  # type: ignore[attr-defined]
     return program_smc_result("smc", program, trace, out, {
         "particles": out.num_particles, "barriers": base.num_steps, "runtime_s": time.perf_counter() - start,
-        "model": program.name})
+        **program.attrs()})
 
 
 def program_smc_result(engine: str, program: Program, trace, out, attrs: Mapping[str, Any],

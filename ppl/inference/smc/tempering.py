@@ -39,6 +39,10 @@ class LikelihoodPath:
     def sample_init(self, n: int) -> torch.Tensor:
         return self.target.sample_prior(n)
 
+    def init_log_weights(self, z: torch.Tensor) -> Optional[torch.Tensor]:
+        """Log weights of the initial draws towards the beta=0 target (None: they are exact draws)."""
+        return self.target.prior_excess(z)
+
     def terms(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             d = self.target.log_density(z)
@@ -118,6 +122,9 @@ class GeometricPath(LikelihoodPath):
 
     def sample_init(self, n):
         return self.reference.sample_prior(n)
+
+    def init_log_weights(self, z: torch.Tensor) -> Optional[torch.Tensor]:
+        return self.reference.prior_excess(z)
 
     def _terms(self, z):
         r = self.reference.log_density(z)
@@ -213,6 +220,11 @@ def run_tempering(
         dev = z.device
         lwn = torch.full((N,), -math.log(N), dtype=base.dtype, device=dev)
         log_z = torch.zeros((), dtype=torch.float64, device=dev)
+        init = getattr(path, "init_log_weights", lambda _: None)(z)
+        if init is not None:  # prior draws reweighted to a scaled / masked prior (poutine.scale on latents)
+            lw = lwn + init
+            inc = torch.logsumexp(lw, 0)
+            log_z, lwn = log_z + inc.double(), lw - inc
         eve = torch.arange(N, device=dev)
         n_res, se = 0, math.inf
         beta = 0.0
@@ -315,6 +327,8 @@ def tempered_smc(
         nest = max(p.max_plate_nesting for p in programs)
         programs = [Program(f, args, model_kwargs, max_plate_nesting=nest, device=device, dtype=dtype) for f in fns]
     program = programs[0]
+    for p in programs:
+        p.require_full_data("tempered-smc")
     target = UnconstrainedTarget(program)
     if reference is not None:
         path: LikelihoodPath = GeometricPath(UnconstrainedTarget(programs[1]), target)
@@ -325,7 +339,7 @@ def tempered_smc(
     run = run_tempering(path, particles, schedule=schedule, target_ess=target_ess, conditional=conditional,
                         move=move, move_steps=move_steps, resampling=resampling, seed=seed)
     return _result(path, run, "tempered-smc", {"particles": int(particles), "move": str(move),
-                                                "runtime_s": time.perf_counter() - start, "model": program.name})
+                                                "runtime_s": time.perf_counter() - start, **program.attrs()})
 
 
 # ------------------------------------------------------------------------------------------ data tempering
@@ -371,6 +385,7 @@ def ibis(
     """
     start = time.perf_counter()
     program = Program(model, args, model_kwargs, max_plate_nesting=max_plate_nesting, device=device, dtype=dtype)
+    program.require_full_data("ibis")
     target = UnconstrainedTarget(program)
     pw = _PointwiseTarget(target)
     mover = make_move(move, move_steps)
@@ -430,7 +445,7 @@ def ibis(
                              ("acceptance", info.acceptance), ("move_steps", _steps(info)), ("log_evidence", float(log_z))):
                 hist[key].append(val)
     run = {"z": z, "log_weights": lwn, "log_evidence": float(log_z), "log_evidence_se": se, "history": hist}
-    res = _result(LikelihoodPath(target), run, "ibis", {"particles": N, "move": str(move), "model": program.name,
+    res = _result(LikelihoodPath(target), run, "ibis", {"particles": N, "move": str(move), **program.attrs(),
                                                         "runtime_s": time.perf_counter() - start})
     res.attrs["num_steps"] = len(hist["observations"])
     return res

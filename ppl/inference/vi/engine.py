@@ -79,7 +79,7 @@ class VIFit:
         attrs: Dict[str, Any] = {
             "elbo": elbo, "elbo_se": elbo_se, "iwae": float(iw.double().mean()), "iwae_k": k,
             "objective": self.objective, "guide": _guide_name(self.guide), "steps": self.history.steps_done,
-            "stopped": self.history.stopped, "draws": draws, "model": program.name,
+            "stopped": self.history.stopped, "draws": draws, **program.attrs(),
             "train_s": self.history.seconds,
         }
         if start is not None:
