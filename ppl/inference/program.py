@@ -322,7 +322,7 @@ class Program:
             # per-particle run pads a site's own batch shape to K dims the same way
             if vectorized:
                 batched_shape = torch.Size(batch_shape[1:] + event_shape)
-                if is_deterministic(site) and value.dim() > 0 and value[0].numel() != batched_shape.numel():
+                if is_deterministic(site) and value.dim() > 0 and not _expands_to(value.shape[1:], batched_shape):
                     # the Delta counted the particle dim as an event dim (pyro.deterministic outside a
                     # plate): take the value's own shape, particles first
                     batched_shape = torch.Size(value.shape[1:])
@@ -397,6 +397,13 @@ class Program:
             value = site["value"].expand(_unbatched_shape(site))
             out[name] = value.reshape(info.shape) if value.numel() == info.shape.numel() else value
         return out
+
+
+def _expands_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
 
 
 def _cuda_devices(device: torch.device) -> list:
