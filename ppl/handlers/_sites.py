@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from pyro.distributions import Delta, MaskedDistribution
 from pyro.poutine.subsample_messenger import _Subsample
 
 PARTICLE_PLATE = "_ppl_particles"
@@ -16,7 +17,12 @@ def is_sample(msg) -> bool:
 
 
 def is_deterministic(msg) -> bool:
-    return bool(msg["infer"].get("_deterministic", False))
+    """``pyro.deterministic``, or a site that ``poutine.reparam`` replaced by a masked Delta of its new value."""
+    if msg["infer"].get("_deterministic", False):
+        return True
+    fn = msg["fn"]
+    return (msg["is_observed"] and isinstance(fn, MaskedDistribution) and fn._mask is False
+            and isinstance(fn.base_dist, Delta))
 
 
 def is_latent(msg) -> bool:

@@ -242,3 +242,43 @@ def test_pyro_param_in_a_model_is_a_constant_at_its_stored_value():
     mu = _draws(res, "mu")
     assert abs(float(mu.mean()) - 0.5) < 4 * math.sqrt(0.5) / math.sqrt(400)
     pyro.clear_param_store()
+
+
+def _hierarchical(y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("g", len(y)):
+        theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+        pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+
+def _hierarchical_truth(y):
+    """Exact posterior means and sds of (mu, theta) for the linear-Gaussian hierarchy above."""
+    g = len(y)
+    a = torch.cat([torch.ones(g, 1), torch.eye(g)], 1).double()  # theta = mu + e: x = (mu, e)
+    lin = torch.cat([torch.tensor([[1.0] + [0.0] * g], dtype=torch.float64), a], 0)  # (mu, theta) = lin @ x
+    # x ~ N(0, I) and y = a @ x + N(0, I): posterior precision I + a^T a
+    post_cov = torch.linalg.inv(torch.eye(g + 1, dtype=torch.float64) + a.T @ a)
+    post_mean = post_cov @ a.T @ y.double()
+    mean, cov = lin @ post_mean, lin @ post_cov @ lin.T
+    return mean, cov.diagonal().sqrt()
+
+
+def test_poutine_reparam_loc_scale_is_honoured_and_the_original_site_reported():
+    from pyro.infer.reparam import LocScaleReparam
+
+    y = torch.tensor([1.5, -0.5, 2.0])
+    model = poutine.reparam(_hierarchical, config={"theta": LocScaleReparam(0.0)})
+    res = nuts(model, y, chains=4, warmup=300, draws=500, seed=0, progress=False)
+    assert "theta" in res.samples and "theta" not in res.log_likelihood  # a deterministic site, not data
+    mean, sd = _hierarchical_truth(y)
+    est = torch.cat([_draws(res, "mu").mean(0, keepdim=True), _draws(res, "theta").mean(0)])
+    assert torch.all((est - mean).abs() < 4 * sd / math.sqrt(500)), (est, mean)
+
+
+def test_poutine_condition_on_a_latent_gives_the_conditional_posterior():
+    y = torch.tensor([1.5, -0.5, 2.0])
+    model = poutine.condition(_hierarchical, data={"mu": torch.tensor(1.0)})
+    res = nuts(model, y, chains=4, warmup=300, draws=500, seed=0, progress=False)
+    assert "mu" not in res.samples
+    theta = _draws(res, "theta").mean(0)  # theta_i | mu=1, y_i ~ N((1 + y_i) / 2, 1/2)
+    assert torch.all((theta - (1.0 + y.double()) / 2).abs() < 4 * math.sqrt(0.5) / math.sqrt(500)), theta
