@@ -440,7 +440,7 @@ def _entered(handlers: Sequence[Messenger]) -> contextlib.ExitStack:
 
 def _last_site(tracer) -> Optional[str]:
     """Name of the last site a failed run recorded (the error came at or after it)."""
-    nodes = [k for k, v in tracer.msngr.trace.nodes.items() if v.get("type") == "sample"]
+    nodes = [k for k, v in tracer.msngr.trace.nodes.items() if v.get("type") == "sample" and is_sample(v)]
     return nodes[-1] if nodes else None
 
 
