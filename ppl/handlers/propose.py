@@ -28,6 +28,8 @@ class ProposeMessenger(Messenger):
     guide sites the model never asked for.
     """
 
+    holds_particle_values = True  # batched per-particle state, no per-particle form: vectorized path only
+
     def __init__(self, guide_trace: Trace, strict: bool = True) -> None:
         super().__init__()
         self.guide_trace = guide_trace

@@ -36,6 +36,8 @@ class ResampleMessenger(Messenger):
     of particle ``ancestors[i]`` at every site the trace holds; sites it lacks run as usual.
     """
 
+    holds_particle_values = True  # batched per-particle state, no per-particle form: vectorized path only
+
     def __init__(self, trace: Trace, ancestors: torch.Tensor) -> None:
         super().__init__()
         if ancestors.dim() != 1:

@@ -216,7 +216,7 @@ def run_per_particle(program: "Program", n: int, handlers: Sequence[Messenger], 
 def _state(handler: Messenger, n: int) -> Optional[Dict[str, torch.Tensor]]:
     get = getattr(handler, "particle_state", None)
     if get is None:
-        if _holds_particle_tensors(handler, n):
+        if getattr(handler, "holds_particle_values", False) or _per_particle_beta(handler):
             raise ModelError(
                 f"the handler {type(handler).__name__} holds per-particle values but has no per-particle form, "
                 "so this engine cannot run a model that does not broadcast over particles; write the model to "
@@ -232,12 +232,9 @@ def _state(handler: Messenger, n: int) -> Optional[Dict[str, torch.Tensor]]:
     return state
 
 
-_PER_PARTICLE_HANDLERS = ("ProposeMessenger", "ResampleMessenger", "TemperMessenger", "PolicyMessenger")
-
-
-def _holds_particle_tensors(handler: Messenger, n: int) -> bool:
-    return type(handler).__name__ in _PER_PARTICLE_HANDLERS and not (
-        type(handler).__name__ == "TemperMessenger" and not isinstance(getattr(handler, "beta", None), torch.Tensor))
+def _per_particle_beta(handler: Messenger) -> bool:
+    beta = getattr(handler, "beta", None)
+    return isinstance(beta, torch.Tensor) and beta.dim() > 0
 
 
 def _rows(state: Dict[str, torch.Tensor], i) -> Dict[str, torch.Tensor]:

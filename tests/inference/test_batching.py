@@ -282,3 +282,11 @@ def test_poutine_condition_on_a_latent_gives_the_conditional_posterior():
     assert "mu" not in res.samples
     theta = _draws(res, "theta").mean(0)  # theta_i | mu=1, y_i ~ N((1 + y_i) / 2, 1/2)
     assert torch.all((theta - (1.0 + y.double()) / 2).abs() < 4 * math.sqrt(0.5) / math.sqrt(500)), theta
+
+
+def test_a_handler_without_a_per_particle_form_refuses_the_fallback_rather_than_mix_particles():
+    def guide():
+        pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    with pytest.raises(ModelError, match="ProposeMessenger holds per-particle values"):
+        ppl.importance(indexed_regression, guide=guide, particles=10, seed=0)

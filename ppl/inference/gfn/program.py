@@ -113,6 +113,8 @@ class PolicyMessenger(Messenger):
     ``temperature`` widens every site's distribution (off-policy exploration).
     """
 
+    holds_particle_values = True  # batched per-particle state, no per-particle form: vectorized path only
+
     def __init__(self, policy: ProgramPolicy, n: int, values: Optional[Dict[str, torch.Tensor]] = None,
                  epsilon: float = 0.0, temperature: float = 1.0) -> None:
         super().__init__()
